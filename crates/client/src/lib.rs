@@ -1,0 +1,23 @@
+//! Flotilla's Rust SDK: a thin async client over the public gRPC API that sends produce and
+//! fetch requests straight to partition leaders and retries what can be retried.
+//!
+//! Layout: [`Client`] (`client.rs`) holds the API calls; `router.rs` owns the connections,
+//! the metadata cache and the retry loop, so a batching `Producer` or a group `Consumer`
+//! can be layered on the same router later; `plan.rs` splits a produce call across
+//! partitions and puts the acknowledgements back in request order.
+
+mod backoff;
+mod client;
+mod config;
+mod error;
+mod metadata_cache;
+mod plan;
+mod router;
+
+pub use client::Client;
+pub use config::ClientConfig;
+pub use error::ClientError;
+pub use flotilla_proto::error::{LeaderHint, WireError};
+pub use flotilla_proto::net::{tcp_connector, Connector};
+pub use flotilla_proto::v1;
+pub use flotilla_types::ErrorCode;

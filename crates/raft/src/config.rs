@@ -1,0 +1,94 @@
+//! `RaftConfig`: Raft timing and log policy for the metadata group and partition groups.
+
+use std::sync::Arc;
+
+use flotilla_types::GroupId;
+
+use crate::RaftGlueError;
+
+/// Raft tunables of a node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RaftConfig {
+    /// Leader heartbeat period of the metadata group, in milliseconds.
+    pub metadata_heartbeat_ms: u64,
+    /// Election timeout range of the metadata group, in milliseconds.
+    pub metadata_election_timeout_min_ms: u64,
+    pub metadata_election_timeout_max_ms: u64,
+    /// Leader heartbeat period of partition groups. Each leader heartbeats each follower this
+    /// often, so it sets the idle cost of a partition.
+    pub partition_heartbeat_ms: u64,
+    /// Election timeout range of partition groups. With the leader lease, a failed leader is
+    /// replaced roughly this long after it stops heartbeating.
+    pub partition_election_timeout_min_ms: u64,
+    pub partition_election_timeout_max_ms: u64,
+    /// Metadata log entries between snapshots.
+    pub metadata_snapshot_every_entries: u64,
+    /// Most entries per append message.
+    pub append_entries_max: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            metadata_heartbeat_ms: 150,
+            metadata_election_timeout_min_ms: 750,
+            metadata_election_timeout_max_ms: 1500,
+            partition_heartbeat_ms: 150,
+            partition_election_timeout_min_ms: 750,
+            partition_election_timeout_max_ms: 1500,
+            metadata_snapshot_every_entries: 10_000,
+            append_entries_max: 1024,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// openraft configuration of the metadata group.
+    pub fn metadata(&self) -> Result<Arc<openraft::Config>, RaftGlueError> {
+        let config = openraft::Config {
+            cluster_name: "flotilla-metadata".to_string(),
+            heartbeat_interval: self.metadata_heartbeat_ms,
+            election_timeout_min: self.metadata_election_timeout_min_ms,
+            election_timeout_max: self.metadata_election_timeout_max_ms,
+            enable_pre_vote: Some(true),
+            max_payload_entries: self.append_entries_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                self.metadata_snapshot_every_entries,
+            ),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        validate(config, GroupId(0))
+    }
+
+    /// openraft configuration of a partition group.
+    pub fn partition(&self, group: GroupId) -> Result<Arc<openraft::Config>, RaftGlueError> {
+        let config = openraft::Config {
+            cluster_name: "flotilla-partition".to_string(),
+            heartbeat_interval: self.partition_heartbeat_ms,
+            election_timeout_min: self.partition_election_timeout_min_ms,
+            election_timeout_max: self.partition_election_timeout_max_ms,
+            enable_pre_vote: Some(true),
+            max_payload_entries: self.append_entries_max,
+            // The partition log is the record store: openraft never compacts it into a
+            // snapshot; retention removes records (and only retention).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        };
+        validate(config, group)
+    }
+}
+
+fn validate(
+    config: openraft::Config,
+    group: GroupId,
+) -> Result<Arc<openraft::Config>, RaftGlueError> {
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|err| RaftGlueError::Config {
+            group,
+            message: err.to_string(),
+        })
+}

@@ -1,0 +1,174 @@
+//! `GroupEndpoint`: the receiving side of one local group, type-erased so one registry and
+//! one gRPC service can route messages to groups of different applications.
+
+use bytes::Bytes;
+use flotilla_proto::raft::v1::MessageKind;
+use flotilla_types::NodeId;
+use futures::future::BoxFuture;
+use openraft::Raft;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::storage::RaftStateMachine;
+use serde::{Deserialize, Serialize};
+
+use crate::{GroupConfig, NodeInfo, decode, encode};
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    /// This node does not lead the group; nothing was appended, so retrying at the leader
+    /// is safe.
+    #[error("not the leader; leader is {leader:?}")]
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// The entry was appended but leadership changed before it committed: it may or may not
+    /// take effect. Callers must treat the outcome as unknown.
+    #[error(
+        "leadership changed before the entry committed; outcome unknown (leader now {leader:?})"
+    )]
+    OutcomeUnknown { leader: Option<(NodeId, NodeInfo)> },
+    /// The group is stopped or broken on this node.
+    #[error("group unavailable: {0}")]
+    Unavailable(String),
+    /// The command did not decode.
+    #[error("invalid command: {0}")]
+    Invalid(String),
+}
+
+/// A local group as the transport sees it.
+pub trait GroupEndpoint: Send + Sync + 'static {
+    /// Handles one Raft message; the reply is the encoded openraft response.
+    fn handle(
+        &self,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+
+    /// Installs a whole snapshot received from the leader.
+    fn install_snapshot(
+        &self,
+        header: Bytes,
+        data: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+
+    /// Proposes an encoded command; the reply is the encoded application response.
+    fn propose(&self, command: Bytes) -> BoxFuture<'static, Result<Vec<u8>, ProposeError>>;
+}
+
+/// [`GroupEndpoint`] over an openraft handle.
+pub struct RaftEndpoint<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> {
+    raft: Raft<C, SM>,
+}
+
+impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> RaftEndpoint<C, SM> {
+    /// Wraps `raft`.
+    pub fn new(raft: Raft<C, SM>) -> Self {
+        RaftEndpoint { raft }
+    }
+}
+
+fn leader_of<C: GroupConfig>(
+    forward: &openraft::error::ForwardToLeader<C>,
+) -> Option<(NodeId, NodeInfo)> {
+    match (&forward.leader_id, &forward.leader_node) {
+        (Some(id), Some(node)) => Some((*id, node.clone())),
+        _ => None,
+    }
+}
+
+/// Maps an openraft write error to the proposal outcome a caller can act on.
+pub fn propose_error<C: GroupConfig>(err: RaftError<C, ClientWriteError<C>>) -> ProposeError {
+    match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ProposeError::NotLeader {
+                leader: leader_of(&forward),
+            }
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
+            ProposeError::OutcomeUnknown {
+                leader: leader_of(&forward),
+            }
+        }
+        RaftError::APIError(other) => ProposeError::Unavailable(other.to_string()),
+        RaftError::Fatal(fatal) => ProposeError::Unavailable(fatal.to_string()),
+    }
+}
+
+impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpoint
+    for RaftEndpoint<C, SM>
+{
+    fn handle(
+        &self,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            match kind {
+                MessageKind::Append => {
+                    let request: AppendEntriesRequest<C> =
+                        decode(&payload).map_err(|e| e.to_string())?;
+                    let response = raft
+                        .append_entries(request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(encode(&response))
+                }
+                MessageKind::Vote => {
+                    let request: VoteRequest<C> = decode(&payload).map_err(|e| e.to_string())?;
+                    let response = raft.vote(request).await.map_err(|e| e.to_string())?;
+                    Ok(encode(&response))
+                }
+                MessageKind::PreVote => {
+                    let request: VoteRequest<C> = decode(&payload).map_err(|e| e.to_string())?;
+                    let response = raft.pre_vote(request).await.map_err(|e| e.to_string())?;
+                    Ok(encode(&response))
+                }
+                MessageKind::TransferLeader => {
+                    let request: TransferLeaderRequest<C> =
+                        decode(&payload).map_err(|e| e.to_string())?;
+                    let response = raft
+                        .handle_transfer_leader(request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(encode(&response))
+                }
+                MessageKind::Unspecified => Err("message kind unspecified".to_string()),
+            }
+        })
+    }
+
+    fn install_snapshot(
+        &self,
+        header: Bytes,
+        data: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let (vote, meta): (VoteOf<C>, SnapshotMetaOf<C>) =
+                decode(&header).map_err(|e| e.to_string())?;
+            let snapshot = SnapshotOf::<C, Vec<u8>> {
+                meta,
+                snapshot: data,
+            };
+            let response = raft
+                .install_full_snapshot(vote, snapshot)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(encode(&response))
+        })
+    }
+
+    fn propose(&self, command: Bytes) -> BoxFuture<'static, Result<Vec<u8>, ProposeError>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let command: C::D =
+                decode(&command).map_err(|e| ProposeError::Invalid(e.to_string()))?;
+            let response = raft
+                .client_write(command)
+                .await
+                .map_err(propose_error::<C>)?;
+            Ok(encode(&response.data))
+        })
+    }
+}

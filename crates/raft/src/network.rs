@@ -1,0 +1,223 @@
+//! `GroupNetworkFactory`: openraft's network for one group, carried by the node's shared
+//! [`Transport`]. Appends are pipelined: the next append leaves before the previous reply is
+//! back, and replies are matched in order.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use flotilla_proto::raft::v1::MessageKind;
+use flotilla_types::{GroupId, NodeId};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+
+use crate::transport::SendError;
+use crate::{GroupConfig, NodeInfo, Transport, decode, encode};
+
+/// Appends of one group to one follower that may be in flight at once.
+const APPEND_PIPELINE_DEPTH: usize = 8;
+
+/// Creates openraft network clients for one group.
+pub struct GroupNetworkFactory<C: GroupConfig> {
+    group: GroupId,
+    transport: Arc<Transport>,
+    _config: PhantomData<C>,
+}
+
+impl<C: GroupConfig> GroupNetworkFactory<C> {
+    /// The network of `group` over `transport`.
+    pub fn new(group: GroupId, transport: Arc<Transport>) -> Self {
+        GroupNetworkFactory {
+            group,
+            transport,
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C: GroupConfig> RaftNetworkFactory<C> for GroupNetworkFactory<C> {
+    type Network = GroupClient<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        assert_ne!(
+            target,
+            self.transport.node_id(),
+            "openraft asked group {} for a client to its own node",
+            self.group
+        );
+        GroupClient {
+            group: self.group,
+            target,
+            address: node.peer_address.clone(),
+            transport: Arc::clone(&self.transport),
+            _config: PhantomData,
+        }
+    }
+}
+
+/// One group's connection to one peer.
+pub struct GroupClient<C: GroupConfig> {
+    group: GroupId,
+    target: NodeId,
+    address: String,
+    transport: Arc<Transport>,
+    _config: PhantomData<C>,
+}
+
+fn to_rpc_error<C: GroupConfig>(err: SendError) -> RPCError<C> {
+    RPCError::Unreachable(Unreachable::new(&err))
+}
+
+impl<C: GroupConfig> GroupClient<C> {
+    async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: MessageKind,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<C>> {
+        // The soft TTL leaves openraft time to act on our error before its hard deadline.
+        let payload = encode(request);
+        let reply = self
+            .transport
+            .call(
+                self.target,
+                &self.address,
+                self.group,
+                kind,
+                payload,
+                option.soft_ttl(),
+            )
+            .await
+            .map_err(to_rpc_error::<C>)?;
+        decode(&reply).map_err(|err| RPCError::Unreachable(Unreachable::new(&err)))
+    }
+}
+
+impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        self.call(MessageKind::Append, &rpc, &option).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>>, RPCError<C>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        let this: &'s GroupClient<C> = self;
+        Box::pin(async move {
+            // Each request becomes a call started as soon as it is read; `buffered` keeps up
+            // to APPEND_PIPELINE_DEPTH calls running and yields their results in order. The
+            // transport keeps one group's messages in order to the peer, so pipelined
+            // appends arrive in the order the leader sent them.
+            let calls = input
+                .map(move |request| {
+                    let prev = request.prev_log_id.clone();
+                    let last = request
+                        .entries
+                        .last()
+                        .map(|entry| entry.log_id())
+                        .or_else(|| prev.clone());
+                    let option = option.clone();
+                    async move {
+                        let response: AppendEntriesResponse<C> =
+                            this.call(MessageKind::Append, &request, &option).await?;
+                        Ok::<_, RPCError<C>>((response, prev, last))
+                    }
+                })
+                .buffered(APPEND_PIPELINE_DEPTH);
+            // Stop after the first failure, conflict or partial success: later appends in
+            // flight were built on an assumption that no longer holds.
+            let results = calls.scan(false, |stopped, item| {
+                if *stopped {
+                    return futures::future::ready(None);
+                }
+                let out = match item {
+                    Err(err) => {
+                        *stopped = true;
+                        Err(err)
+                    }
+                    Ok((response, prev, last)) => {
+                        let partial = matches!(&response, AppendEntriesResponse::PartialSuccess(id) if *id != last);
+                        let result = response.into_stream_result(prev, last);
+                        if result.is_err() || partial {
+                            *stopped = true;
+                        }
+                        Ok(result)
+                    }
+                };
+                futures::future::ready(Some(out))
+            });
+            let stream: BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>> =
+                Box::pin(results);
+            Ok(stream)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(MessageKind::Vote, &rpc, &option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(MessageKind::PreVote, &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let header = encode(&(vote, snapshot.meta));
+        let send = self.transport.send_snapshot(
+            self.target,
+            &self.address,
+            self.group,
+            header,
+            &snapshot.snapshot,
+            option.hard_ttl(),
+        );
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = send => {
+                let reply = reply.map_err(|err| StreamingError::Unreachable(Unreachable::new(&err)))?;
+                decode(&reply).map_err(|err| StreamingError::Unreachable(Unreachable::new(&err)))
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        self.call(MessageKind::TransferLeader, &req, &option).await
+    }
+}

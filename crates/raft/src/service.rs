@@ -1,0 +1,153 @@
+//! `RaftTransportService`: the receiving side of node-to-node traffic (the `raft.v1` gRPC
+//! service on the peer port).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use flotilla_proto::raft::v1::{
+    BatchRequest, BatchResponse, GroupReply, MessageKind, ProposeRequest, ProposeResponse,
+    SnapshotChunk, SnapshotReply, group_reply, propose_response,
+    raft_transport_server::RaftTransport,
+};
+use flotilla_types::{GroupId, NodeId};
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{GroupRegistry, ProposeError, encode};
+
+/// Largest snapshot accepted, in bytes. Bounds memory against a corrupt or hostile stream.
+const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024;
+
+/// Serves `raft.v1.RaftTransport` for the groups in a registry.
+pub struct RaftTransportService {
+    node_id: NodeId,
+    registry: Arc<GroupRegistry>,
+}
+
+impl RaftTransportService {
+    /// The service of node `node_id`.
+    pub fn new(node_id: NodeId, registry: Arc<GroupRegistry>) -> Self {
+        RaftTransportService { node_id, registry }
+    }
+
+    fn check_target(&self, to_node: NodeId) -> Result<(), Status> {
+        if to_node != self.node_id {
+            // A peer with a stale address book reached the wrong process; answering for
+            // another node's groups would corrupt them.
+            return Err(Status::failed_precondition(format!(
+                "message for node {to_node} reached node {}",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftTransportService {
+    async fn batch(
+        &self,
+        request: Request<BatchRequest>,
+    ) -> Result<Response<BatchResponse>, Status> {
+        let request = request.into_inner();
+        self.check_target(request.to_node)?;
+        let count = request.messages.len();
+        // Messages of one group are handled one after another in arrival order (appends
+        // must reach openraft in the order the leader sent them); groups run concurrently.
+        let mut by_group: BTreeMap<u64, Vec<(usize, MessageKind, bytes::Bytes)>> = BTreeMap::new();
+        for (position, message) in request.messages.into_iter().enumerate() {
+            let kind = MessageKind::try_from(message.kind).unwrap_or(MessageKind::Unspecified);
+            by_group
+                .entry(message.group_id)
+                .or_default()
+                .push((position, kind, message.payload));
+        }
+        let registry = &self.registry;
+        let per_group = by_group.into_iter().map(|(group, messages)| async move {
+            let endpoint = registry.get(GroupId(group));
+            let mut replies = Vec::with_capacity(messages.len());
+            for (position, kind, payload) in messages {
+                let result = match &endpoint {
+                    Some(endpoint) => match endpoint.handle(kind, payload).await {
+                        Ok(bytes) => group_reply::Result::Payload(bytes.into()),
+                        Err(message) => group_reply::Result::Error(message),
+                    },
+                    None => group_reply::Result::Error(format!(
+                        "group {} is not hosted on this node",
+                        GroupId(group)
+                    )),
+                };
+                replies.push((position, result));
+            }
+            replies
+        });
+        let mut replies: Vec<GroupReply> = vec![GroupReply { result: None }; count];
+        for group_replies in futures::future::join_all(per_group).await {
+            for (position, result) in group_replies {
+                replies[position] = GroupReply {
+                    result: Some(result),
+                };
+            }
+        }
+        Ok(Response::new(BatchResponse { replies }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        let mut chunks = request.into_inner();
+        let mut header = None;
+        let mut group = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            self.check_target(chunk.to_node)?;
+            if header.is_none() {
+                header = Some(chunk.header.clone());
+                group = Some(GroupId(chunk.group_id));
+            }
+            if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let (Some(header), Some(group)) = (header, group) else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let endpoint = self.registry.get(group).ok_or_else(|| {
+            Status::not_found(format!("group {group} is not hosted on this node"))
+        })?;
+        let payload = endpoint
+            .install_snapshot(header, data)
+            .await
+            .map_err(Status::internal)?;
+        Ok(Response::new(SnapshotReply {
+            payload: payload.into(),
+        }))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let request = request.into_inner();
+        let group = GroupId(request.group_id);
+        let result = match self.registry.get(group) {
+            Some(endpoint) => endpoint.propose(request.command).await,
+            None => Err(ProposeError::Unavailable(format!(
+                "group {group} is not hosted on node {}",
+                self.node_id
+            ))),
+        };
+        let result = match result {
+            Ok(response) => propose_response::Result::Response(response.into()),
+            Err(err) => propose_response::Result::Error(encode(&err).into()),
+        };
+        Ok(Response::new(ProposeResponse {
+            result: Some(result),
+        }))
+    }
+}

@@ -1,0 +1,318 @@
+//! `Transport`: the sending side of node-to-node Raft traffic. Messages of every group bound
+//! for one peer queue on that peer's sender task, which ships whatever has queued as one
+//! `Batch` RPC. One batch is in flight per peer at a time: that keeps each group's messages
+//! in order end to end (the receiver handles a batch before answering it), and everything
+//! that queues during a round trip leaves together in the next one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_proto::net::{ChannelSettings, Connector, channel};
+use flotilla_proto::raft::v1::{
+    BatchRequest, GroupMessage, MessageKind, ProposeRequest, ProposeResponse, SnapshotChunk,
+    group_reply, raft_transport_client::RaftTransportClient,
+};
+use flotilla_types::{GroupId, NodeId};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Tunables of the node-to-node transport.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Connection settings (keepalive, connect timeout, message size).
+    pub channel: ChannelSettings,
+    /// Most messages in one batch RPC. Bounds the receiver's work per round.
+    pub batch_messages_max: usize,
+    /// Most payload bytes in one batch RPC (one message may exceed it alone).
+    pub batch_bytes_max: usize,
+    /// Messages queued per peer before senders wait: backpressure on a slow peer.
+    pub queue_capacity: usize,
+    /// Upper bound on one batch RPC. A batch to a dead or partitioned peer fails after this
+    /// instead of holding up every later message to that peer.
+    pub batch_timeout: Duration,
+    /// Size of one snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            channel: ChannelSettings::default(),
+            batch_messages_max: 4096,
+            batch_bytes_max: 16 * 1024 * 1024,
+            queue_capacity: 16_384,
+            batch_timeout: Duration::from_secs(3),
+            snapshot_chunk_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why a message got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// The peer could not be reached or did not answer in time.
+    #[error("node {node} unreachable: {message}")]
+    Unreachable { node: NodeId, message: String },
+    /// The peer answered with an error for this message.
+    #[error("node {node} refused the message: {message}")]
+    Remote { node: NodeId, message: String },
+}
+
+struct Outgoing {
+    message: GroupMessage,
+    reply: oneshot::Sender<Result<Bytes, SendError>>,
+}
+
+struct Peer {
+    address: String,
+    queue: mpsc::Sender<Outgoing>,
+    client: RaftTransportClient<tonic::transport::Channel>,
+}
+
+/// The node's sending side for Raft messages, shared by all its groups.
+pub struct Transport {
+    node_id: NodeId,
+    config: TransportConfig,
+    connector: Connector,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// A transport for `node_id` that opens connections through `connector`.
+    pub fn new(node_id: NodeId, config: TransportConfig, connector: Connector) -> Arc<Transport> {
+        Arc::new(Transport {
+            node_id,
+            config,
+            connector,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    fn peer(&self, target: NodeId, address: &str) -> Result<Arc<Peer>, SendError> {
+        let mut peers = self.peers.lock();
+        if let Some(peer) = peers.get(&target) {
+            if peer.address == address && !peer.queue.is_closed() {
+                return Ok(Arc::clone(peer));
+            }
+        }
+        let channel = channel(address, &self.connector, &self.config.channel).map_err(|err| {
+            SendError::Unreachable {
+                node: target,
+                message: format!("bad address {address:?}: {err}"),
+            }
+        })?;
+        let client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(self.config.channel.message_bytes_max)
+            .max_encoding_message_size(self.config.channel.message_bytes_max);
+        let (queue, rx) = mpsc::channel(self.config.queue_capacity);
+        let peer = Arc::new(Peer {
+            address: address.to_string(),
+            queue,
+            client: client.clone(),
+        });
+        tokio::spawn(run_peer(
+            self.node_id,
+            target,
+            client,
+            rx,
+            self.config.clone(),
+        ));
+        peers.insert(target, Arc::clone(&peer));
+        Ok(peer)
+    }
+
+    /// Sends one group message to `target` and waits for its reply until `timeout`.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        address: &str,
+        group: GroupId,
+        kind: MessageKind,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Bytes, SendError> {
+        let peer = self.peer(target, address)?;
+        let (reply, rx) = oneshot::channel();
+        let message = GroupMessage {
+            group_id: group.0,
+            kind: kind as i32,
+            payload: payload.into(),
+        };
+        let deadline = Instant::now() + timeout;
+        let unreachable = |message: &str| SendError::Unreachable {
+            node: target,
+            message: message.to_string(),
+        };
+        tokio::time::timeout_at(deadline, peer.queue.send(Outgoing { message, reply }))
+            .await
+            .map_err(|_| unreachable("send queue full until the deadline"))?
+            .map_err(|_| unreachable("sender stopped"))?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(unreachable("reply dropped")),
+            Err(_) => Err(unreachable(&format!("no reply within {timeout:?}"))),
+        }
+    }
+
+    /// Streams a snapshot (`header` then `data` in chunks) to `target`; returns its reply.
+    pub async fn send_snapshot(
+        &self,
+        target: NodeId,
+        address: &str,
+        group: GroupId,
+        header: Vec<u8>,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<Bytes, SendError> {
+        let peer = self.peer(target, address)?;
+        let chunk_bytes = self.config.snapshot_chunk_bytes.max(1);
+        let mut chunks = Vec::with_capacity(data.len() / chunk_bytes + 1);
+        let mut header = Some(Bytes::from(header));
+        let mut parts: Vec<&[u8]> = data.chunks(chunk_bytes).collect();
+        if parts.is_empty() {
+            parts.push(&[]);
+        }
+        for part in parts {
+            chunks.push(SnapshotChunk {
+                from_node: self.node_id,
+                to_node: target,
+                group_id: group.0,
+                header: header.take().unwrap_or_default(),
+                data: Bytes::copy_from_slice(part),
+            });
+        }
+        let mut client = peer.client.clone();
+        let call = client.install_snapshot(futures::stream::iter(chunks));
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().payload),
+            Ok(Err(status)) => Err(SendError::Remote {
+                node: target,
+                message: status.message().to_string(),
+            }),
+            Err(_) => Err(SendError::Unreachable {
+                node: target,
+                message: format!("snapshot not acknowledged within {timeout:?}"),
+            }),
+        }
+    }
+
+    /// Forwards a command to `group`'s leader at `target`.
+    pub async fn propose(
+        &self,
+        target: NodeId,
+        address: &str,
+        group: GroupId,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ProposeResponse, SendError> {
+        let peer = self.peer(target, address)?;
+        let mut client = peer.client.clone();
+        let request = ProposeRequest {
+            group_id: group.0,
+            command: command.into(),
+        };
+        match tokio::time::timeout(timeout, client.propose(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(SendError::Unreachable {
+                node: target,
+                message: status.message().to_string(),
+            }),
+            Err(_) => Err(SendError::Unreachable {
+                node: target,
+                message: format!("no reply within {timeout:?}"),
+            }),
+        }
+    }
+}
+
+/// The per-peer sender loop. Ends when the transport drops the peer (all senders gone).
+async fn run_peer(
+    from: NodeId,
+    to: NodeId,
+    mut client: RaftTransportClient<tonic::transport::Channel>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    config: TransportConfig,
+) {
+    let mut pending: Vec<Outgoing> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        pending.push(first);
+        let mut bytes: usize = pending[0].message.payload.len();
+        while pending.len() < config.batch_messages_max && bytes < config.batch_bytes_max {
+            match rx.try_recv() {
+                Ok(next) => {
+                    bytes += next.message.payload.len();
+                    pending.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        // A caller that already gave up (deadline passed) needs no answer; skip its message.
+        pending.retain(|outgoing| !outgoing.reply.is_closed());
+        if pending.is_empty() {
+            continue;
+        }
+        let (messages, replies): (Vec<GroupMessage>, Vec<_>) = pending
+            .drain(..)
+            .map(|outgoing| (outgoing.message, outgoing.reply))
+            .unzip();
+        let request = BatchRequest {
+            from_node: from,
+            to_node: to,
+            messages,
+        };
+        let outcome = tokio::time::timeout(config.batch_timeout, client.batch(request)).await;
+        match outcome {
+            Ok(Ok(response)) => {
+                let results = response.into_inner().replies;
+                let mut results = results.into_iter();
+                for reply in replies {
+                    let result = match results.next().and_then(|r| r.result) {
+                        Some(group_reply::Result::Payload(payload)) => Ok(payload),
+                        Some(group_reply::Result::Error(message)) => {
+                            Err(SendError::Remote { node: to, message })
+                        }
+                        None => Err(SendError::Remote {
+                            node: to,
+                            message: "reply missing from batch".into(),
+                        }),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(Err(status)) => {
+                let error = SendError::Unreachable {
+                    node: to,
+                    message: format!("{:?}: {}", status.code(), status.message()),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Err(_) => {
+                let error = SendError::Unreachable {
+                    node: to,
+                    message: format!("batch timed out after {:?}", config.batch_timeout),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}

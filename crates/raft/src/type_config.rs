@@ -1,0 +1,30 @@
+//! What every group's openraft type configuration has in common.
+
+use std::future::Future;
+
+use openraft::{EntryPayload, RaftTypeConfig};
+
+use crate::NodeInfo;
+
+/// The async runtime of every group: tokio, with openraft's randomness (election timeouts,
+/// tick phase) drawn from a seeded, task-local RNG so a simulation replays exactly.
+pub type Runtime =
+    openraft_rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
+
+/// A type configuration the glue in this crate accepts. Declare one per application with
+/// `openraft::declare_raft_types!`, setting `NodeId = u64`, `Node = NodeInfo`,
+/// `AsyncRuntime = Runtime` and `LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>`.
+pub trait GroupConfig:
+    RaftTypeConfig<NodeId = u64, Node = NodeInfo, Term = u64, AsyncRuntime = Runtime, R: Default>
+{
+    /// Takes an entry apart into its payload (`entry.payload` for openraft's `Entry`, which
+    /// generic code cannot name).
+    fn into_payload(entry: Self::Entry) -> EntryPayload<Self::D, u64, NodeInfo>;
+}
+
+/// Runs `future` with openraft's RNG seeded by `seed`. Every call that creates a Raft (and so
+/// spawns its tasks) must run inside such a scope: tokio does not carry task-locals into
+/// spawned tasks, and openraft's runtime panics without one.
+pub fn scoped<F: Future>(seed: u64, future: F) -> impl Future<Output = F::Output> {
+    Runtime::scope(seed, future)
+}

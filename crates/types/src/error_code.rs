@@ -1,0 +1,147 @@
+//! Stable numeric error codes carried on the wire. A code is never reused once retired.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error a client can see. The numeric value is part of the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// A bug or an unexpected failure inside the node.
+    Internal = 1,
+    /// The node is shutting down.
+    ShuttingDown = 2,
+    /// The request did not complete in time; it may or may not have taken effect.
+    Timeout = 3,
+    /// A malformed request not covered by a more specific code.
+    InvalidRequest = 4,
+
+    /// No topic has that name.
+    UnknownTopic = 100,
+    /// A topic with that name exists already.
+    TopicExists = 101,
+    /// The topic name breaks the naming rules.
+    InvalidTopicName = 102,
+    /// The partition index is not below the topic's partition count.
+    PartitionOutOfRange = 103,
+    /// The partition count is zero or above the limit.
+    InvalidPartitionCount = 104,
+    /// More replicas asked for than there are nodes.
+    ReplicationFactorTooLarge = 105,
+    /// The replication factor is not usable.
+    InvalidReplicationFactor = 106,
+
+    /// A produce request without records.
+    EmptyBatch = 200,
+    /// One record exceeds the record size limit.
+    RecordTooLarge = 201,
+    /// The request exceeds the batch size limit.
+    BatchTooLarge = 202,
+    /// The request holds more records than allowed.
+    TooManyRecords = 203,
+    /// The fetch offset is outside the partition's retained range.
+    OffsetOutOfRange = 210,
+
+    /// This node does not lead the group; the error names the leader when known.
+    NotLeader = 300,
+    /// No leader is known for the group right now (election in progress); retry.
+    LeaderUnavailable = 301,
+    /// This node does not host the requested replica.
+    ReplicaNotHere = 302,
+    /// The cluster cannot serve: no quorum, or a peer is unreachable.
+    Unavailable = 303,
+
+    /// The data directory belongs to another node id.
+    NodeIdMismatch = 400,
+}
+
+impl ErrorCode {
+    /// The stable numeric value.
+    pub fn as_u32(self) -> u32 {
+        self as u32
+    }
+
+    /// Parses a numeric value; `None` for codes this build does not know.
+    pub fn from_u32(code: u32) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match code {
+            1 => Internal,
+            2 => ShuttingDown,
+            3 => Timeout,
+            4 => InvalidRequest,
+            100 => UnknownTopic,
+            101 => TopicExists,
+            102 => InvalidTopicName,
+            103 => PartitionOutOfRange,
+            104 => InvalidPartitionCount,
+            105 => ReplicationFactorTooLarge,
+            106 => InvalidReplicationFactor,
+            200 => EmptyBatch,
+            201 => RecordTooLarge,
+            202 => BatchTooLarge,
+            203 => TooManyRecords,
+            210 => OffsetOutOfRange,
+            300 => NotLeader,
+            301 => LeaderUnavailable,
+            302 => ReplicaNotHere,
+            303 => Unavailable,
+            400 => NodeIdMismatch,
+            _ => return None,
+        })
+    }
+
+    /// Whether a client may retry the same request (possibly against another node).
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader
+                | ErrorCode::LeaderUnavailable
+                | ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::ShuttingDown
+                | ErrorCode::ReplicaNotHere
+        )
+    }
+
+    /// A stable upper-snake name, for logs and the CLI.
+    pub fn name(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            Internal => "INTERNAL",
+            ShuttingDown => "SHUTTING_DOWN",
+            Timeout => "TIMEOUT",
+            InvalidRequest => "INVALID_REQUEST",
+            UnknownTopic => "UNKNOWN_TOPIC",
+            TopicExists => "TOPIC_EXISTS",
+            InvalidTopicName => "INVALID_TOPIC_NAME",
+            PartitionOutOfRange => "PARTITION_OUT_OF_RANGE",
+            InvalidPartitionCount => "INVALID_PARTITION_COUNT",
+            ReplicationFactorTooLarge => "REPLICATION_FACTOR_TOO_LARGE",
+            InvalidReplicationFactor => "INVALID_REPLICATION_FACTOR",
+            EmptyBatch => "EMPTY_BATCH",
+            RecordTooLarge => "RECORD_TOO_LARGE",
+            BatchTooLarge => "BATCH_TOO_LARGE",
+            TooManyRecords => "TOO_MANY_RECORDS",
+            OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
+            NotLeader => "NOT_LEADER",
+            LeaderUnavailable => "LEADER_UNAVAILABLE",
+            ReplicaNotHere => "REPLICA_NOT_HERE",
+            Unavailable => "UNAVAILABLE",
+            NodeIdMismatch => "NODE_ID_MISMATCH",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for code in 0..1000 {
+            if let Some(parsed) = ErrorCode::from_u32(code) {
+                assert_eq!(parsed.as_u32(), code);
+            }
+        }
+        assert_eq!(ErrorCode::from_u32(300), Some(ErrorCode::NotLeader));
+    }
+}

@@ -1,0 +1,16 @@
+//! Plain data shared by every Flotilla crate: ids, records, limits, stable error codes and
+//! the key partitioner. No I/O and no async.
+
+mod error_code;
+mod ids;
+mod limits;
+mod partitioner;
+mod record;
+mod topic_name;
+
+pub use error_code::ErrorCode;
+pub use ids::{GroupId, METADATA_GROUP, NodeId, Offset, PartitionId, TopicId};
+pub use limits::Limits;
+pub use partitioner::{murmur2, partition_for_key};
+pub use record::{Header, Record, RecordBatch};
+pub use topic_name::{TopicNameError, validate_topic_name};
