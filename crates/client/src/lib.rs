@@ -18,6 +18,6 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use flotilla_proto::error::{LeaderHint, WireError};
-pub use flotilla_proto::net::{tcp_connector, Connector};
+pub use flotilla_proto::net::{Connector, tcp_connector};
 pub use flotilla_proto::v1;
 pub use flotilla_types::ErrorCode;

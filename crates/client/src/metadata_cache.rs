@@ -130,12 +130,20 @@ mod tests {
         v1::MetadataResponse {
             nodes: vec![node(1), node(2), node(3)],
             topics: vec![v1::TopicMetadata {
-                topic: Some(v1::Topic { name: "orders".into(), partitions: leaders.len() as u32, ..Default::default() }),
+                topic: Some(v1::Topic {
+                    name: "orders".into(),
+                    partitions: leaders.len() as u32,
+                    ..Default::default()
+                }),
                 partitions: leaders
                     .iter()
                     .enumerate()
                     .rev() // order in the answer must not matter
-                    .map(|(p, &leader_id)| v1::PartitionMetadata { partition: p as u32, leader_id, ..Default::default() })
+                    .map(|(p, &leader_id)| v1::PartitionMetadata {
+                        partition: p as u32,
+                        leader_id,
+                        ..Default::default()
+                    })
                     .collect(),
             }],
         }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use flotilla_proto::v1::{Record, RecordAck};
-use flotilla_types::{partition_for_key, PartitionId};
+use flotilla_types::{PartitionId, partition_for_key};
 
 use crate::error::ClientError;
 
@@ -117,9 +117,7 @@ mod tests {
 
     /// What a leader would answer: consecutive offsets from `base`.
     fn acks_for(batch: &SubBatch, base: u64) -> Vec<RecordAck> {
-        (0..batch.records.len())
-            .map(|i| RecordAck { partition: batch.partition, offset: base + i as u64 })
-            .collect()
+        (0..batch.records.len()).map(|i| RecordAck { partition: batch.partition, offset: base + i as u64 }).collect()
     }
 
     #[test]
@@ -176,12 +174,7 @@ mod tests {
         let records = vec![record(Some("a"), "1"), record(Some("b"), "2"), record(Some("c"), "3")];
         let batches = split(records, 3, 0);
         assert!(batches.len() >= 2);
-        let wire = WireError {
-            code: None,
-            grpc_code: tonic::Code::Unavailable,
-            message: "down".into(),
-            leader: None,
-        };
+        let wire = WireError { code: None, grpc_code: tonic::Code::Unavailable, message: "down".into(), leader: None };
         let mut outcomes: Vec<SubBatchOutcome> = Vec::new();
         for (i, b) in batches.iter().enumerate() {
             let outcome = if i == 0 { Err(ClientError::Server(wire.clone())) } else { Ok(acks_for(b, 0)) };

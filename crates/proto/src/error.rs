@@ -22,9 +22,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
     use ErrorCode::*;
     match code {
         Internal => tonic::Code::Internal,
-        ShuttingDown | Unavailable | LeaderUnavailable | NotLeader | ReplicaNotHere => {
-            tonic::Code::Unavailable
-        }
+        ShuttingDown | Unavailable | LeaderUnavailable | NotLeader | ReplicaNotHere => tonic::Code::Unavailable,
         Timeout => tonic::Code::DeadlineExceeded,
         UnknownTopic => tonic::Code::NotFound,
         TopicExists => tonic::Code::AlreadyExists,
@@ -43,11 +41,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
 }
 
 /// Builds the status for `code` with a message naming the offending value.
-pub fn status(
-    code: ErrorCode,
-    message: impl Into<String>,
-    leader: Option<&LeaderHint>,
-) -> tonic::Status {
+pub fn status(code: ErrorCode, message: impl Into<String>, leader: Option<&LeaderHint>) -> tonic::Status {
     let mut status = tonic::Status::new(grpc_code(code), message);
     let metadata = status.metadata_mut();
     metadata.insert(CODE_KEY, MetadataValue::from(code.as_u32()));
@@ -76,28 +70,13 @@ impl WireError {
     /// Reads the Flotilla fields out of a status.
     pub fn from_status(status: &tonic::Status) -> WireError {
         let metadata = status.metadata();
-        let text = |key: &str| {
-            metadata
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let code = text(CODE_KEY)
-            .and_then(|c| c.parse().ok())
-            .and_then(ErrorCode::from_u32);
-        let leader = match (
-            text(LEADER_ID_KEY).and_then(|id| id.parse().ok()),
-            text(LEADER_ADDRESS_KEY),
-        ) {
+        let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let code = text(CODE_KEY).and_then(|c| c.parse().ok()).and_then(ErrorCode::from_u32);
+        let leader = match (text(LEADER_ID_KEY).and_then(|id| id.parse().ok()), text(LEADER_ADDRESS_KEY)) {
             (Some(id), Some(address)) => Some(LeaderHint { id, address }),
             _ => None,
         };
-        WireError {
-            code,
-            grpc_code: status.code(),
-            message: status.message().to_string(),
-            leader,
-        }
+        WireError { code, grpc_code: status.code(), message: status.message().to_string(), leader }
     }
 
     /// Whether retrying (possibly elsewhere) can succeed. Transport failures count as
@@ -130,15 +109,8 @@ mod tests {
 
     #[test]
     fn round_trips_code_and_leader_hint() {
-        let hint = LeaderHint {
-            id: 2,
-            address: "127.0.0.1:7102".into(),
-        };
-        let status = status(
-            ErrorCode::NotLeader,
-            "node 1 does not lead t1p0",
-            Some(&hint),
-        );
+        let hint = LeaderHint { id: 2, address: "127.0.0.1:7102".into() };
+        let status = status(ErrorCode::NotLeader, "node 1 does not lead t1p0", Some(&hint));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         let wire = WireError::from_status(&status);
         assert_eq!(wire.code, Some(ErrorCode::NotLeader));

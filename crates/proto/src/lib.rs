@@ -19,11 +19,11 @@ pub mod raft {
     }
 }
 
+mod convert;
 pub mod error;
 pub mod net;
 
 pub use flotilla::v1;
 
 /// Encoded `FileDescriptorSet` of every proto file, for the reflection service.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));

@@ -18,8 +18,7 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Opens a connection to `host:port`.
-pub type Connector =
-    Arc<dyn Fn(String) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> + Send + Sync>;
+pub type Connector = Arc<dyn Fn(String) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> + Send + Sync>;
 
 /// Accepted connections, as a tonic server consumes them.
 pub type Incoming = BoxStream<'static, std::io::Result<Conn>>;
@@ -33,21 +32,13 @@ impl tonic::transport::server::Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -120,11 +111,9 @@ pub fn channel(
         .tcp_nodelay(true);
     let connector = Arc::clone(connector);
     let target = address.to_string();
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-            let connector = Arc::clone(&connector);
-            let target = target.clone();
-            async move { connector(target).await.map(TokioIo::new) }
-        })),
-    )
+    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+        let connector = Arc::clone(&connector);
+        let target = target.clone();
+        async move { connector(target).await.map(TokioIo::new) }
+    })))
 }

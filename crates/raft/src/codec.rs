@@ -8,10 +8,7 @@ use serde::de::DeserializeOwned;
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     match postcard::to_allocvec(value) {
         Ok(bytes) => bytes,
-        Err(err) => panic!(
-            "encoding {} must not fail: {err}",
-            std::any::type_name::<T>()
-        ),
+        Err(err) => panic!("encoding {} must not fail: {err}", std::any::type_name::<T>()),
     }
 }
 
@@ -20,11 +17,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
     postcard::from_bytes(bytes).map_err(|err| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!(
-                "decoding {} from {} bytes: {err}",
-                std::any::type_name::<T>(),
-                bytes.len()
-            ),
+            format!("decoding {} from {} bytes: {err}", std::any::type_name::<T>(), bytes.len()),
         )
     })
 }

@@ -8,7 +8,7 @@ use crate::RaftGlueError;
 
 /// Raft tunables of a node.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
     /// Leader heartbeat period of the metadata group, in milliseconds.
     pub metadata_heartbeat_ms: u64,
@@ -53,9 +53,7 @@ impl RaftConfig {
             election_timeout_max: self.metadata_election_timeout_max_ms,
             enable_pre_vote: Some(true),
             max_payload_entries: self.append_entries_max,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
-                self.metadata_snapshot_every_entries,
-            ),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.metadata_snapshot_every_entries),
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         };
@@ -80,15 +78,6 @@ impl RaftConfig {
     }
 }
 
-fn validate(
-    config: openraft::Config,
-    group: GroupId,
-) -> Result<Arc<openraft::Config>, RaftGlueError> {
-    config
-        .validate()
-        .map(Arc::new)
-        .map_err(|err| RaftGlueError::Config {
-            group,
-            message: err.to_string(),
-        })
+fn validate(config: openraft::Config, group: GroupId) -> Result<Arc<openraft::Config>, RaftGlueError> {
+    config.validate().map(Arc::new).map_err(|err| RaftGlueError::Config { group, message: err.to_string() })
 }

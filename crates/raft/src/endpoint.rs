@@ -23,9 +23,7 @@ pub enum ProposeError {
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
     /// The entry was appended but leadership changed before it committed: it may or may not
     /// take effect. Callers must treat the outcome as unknown.
-    #[error(
-        "leadership changed before the entry committed; outcome unknown (leader now {leader:?})"
-    )]
+    #[error("leadership changed before the entry committed; outcome unknown (leader now {leader:?})")]
     OutcomeUnknown { leader: Option<(NodeId, NodeInfo)> },
     /// The group is stopped or broken on this node.
     #[error("group unavailable: {0}")]
@@ -38,18 +36,10 @@ pub enum ProposeError {
 /// A local group as the transport sees it.
 pub trait GroupEndpoint: Send + Sync + 'static {
     /// Handles one Raft message; the reply is the encoded openraft response.
-    fn handle(
-        &self,
-        kind: MessageKind,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+    fn handle(&self, kind: MessageKind, payload: Bytes) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 
     /// Installs a whole snapshot received from the leader.
-    fn install_snapshot(
-        &self,
-        header: Bytes,
-        data: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+    fn install_snapshot(&self, header: Bytes, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 
     /// Proposes an encoded command; the reply is the encoded application response.
     fn propose(&self, command: Bytes) -> BoxFuture<'static, Result<Vec<u8>, ProposeError>>;
@@ -67,9 +57,7 @@ impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> RaftEndpoi
     }
 }
 
-fn leader_of<C: GroupConfig>(
-    forward: &openraft::error::ForwardToLeader<C>,
-) -> Option<(NodeId, NodeInfo)> {
+fn leader_of<C: GroupConfig>(forward: &openraft::error::ForwardToLeader<C>) -> Option<(NodeId, NodeInfo)> {
     match (&forward.leader_id, &forward.leader_node) {
         (Some(id), Some(node)) => Some((*id, node.clone())),
         _ => None,
@@ -80,38 +68,24 @@ fn leader_of<C: GroupConfig>(
 pub fn propose_error<C: GroupConfig>(err: RaftError<C, ClientWriteError<C>>) -> ProposeError {
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            ProposeError::NotLeader {
-                leader: leader_of(&forward),
-            }
+            ProposeError::NotLeader { leader: leader_of(&forward) }
         }
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
-            ProposeError::OutcomeUnknown {
-                leader: leader_of(&forward),
-            }
+            ProposeError::OutcomeUnknown { leader: leader_of(&forward) }
         }
         RaftError::APIError(other) => ProposeError::Unavailable(other.to_string()),
         RaftError::Fatal(fatal) => ProposeError::Unavailable(fatal.to_string()),
     }
 }
 
-impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpoint
-    for RaftEndpoint<C, SM>
-{
-    fn handle(
-        &self,
-        kind: MessageKind,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpoint for RaftEndpoint<C, SM> {
+    fn handle(&self, kind: MessageKind, payload: Bytes) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft.clone();
         Box::pin(async move {
             match kind {
                 MessageKind::Append => {
-                    let request: AppendEntriesRequest<C> =
-                        decode(&payload).map_err(|e| e.to_string())?;
-                    let response = raft
-                        .append_entries(request)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let request: AppendEntriesRequest<C> = decode(&payload).map_err(|e| e.to_string())?;
+                    let response = raft.append_entries(request).await.map_err(|e| e.to_string())?;
                     Ok(encode(&response))
                 }
                 MessageKind::Vote => {
@@ -125,12 +99,8 @@ impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpo
                     Ok(encode(&response))
                 }
                 MessageKind::TransferLeader => {
-                    let request: TransferLeaderRequest<C> =
-                        decode(&payload).map_err(|e| e.to_string())?;
-                    let response = raft
-                        .handle_transfer_leader(request)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let request: TransferLeaderRequest<C> = decode(&payload).map_err(|e| e.to_string())?;
+                    let response = raft.handle_transfer_leader(request).await.map_err(|e| e.to_string())?;
                     Ok(encode(&response))
                 }
                 MessageKind::Unspecified => Err("message kind unspecified".to_string()),
@@ -138,23 +108,12 @@ impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpo
         })
     }
 
-    fn install_snapshot(
-        &self,
-        header: Bytes,
-        data: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    fn install_snapshot(&self, header: Bytes, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft.clone();
         Box::pin(async move {
-            let (vote, meta): (VoteOf<C>, SnapshotMetaOf<C>) =
-                decode(&header).map_err(|e| e.to_string())?;
-            let snapshot = SnapshotOf::<C, Vec<u8>> {
-                meta,
-                snapshot: data,
-            };
-            let response = raft
-                .install_full_snapshot(vote, snapshot)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (vote, meta): (VoteOf<C>, SnapshotMetaOf<C>) = decode(&header).map_err(|e| e.to_string())?;
+            let snapshot = SnapshotOf::<C, Vec<u8>> { meta, snapshot: data };
+            let response = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
             Ok(encode(&response))
         })
     }
@@ -162,12 +121,8 @@ impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpo
     fn propose(&self, command: Bytes) -> BoxFuture<'static, Result<Vec<u8>, ProposeError>> {
         let raft = self.raft.clone();
         Box::pin(async move {
-            let command: C::D =
-                decode(&command).map_err(|e| ProposeError::Invalid(e.to_string()))?;
-            let response = raft
-                .client_write(command)
-                .await
-                .map_err(propose_error::<C>)?;
+            let command: C::D = decode(&command).map_err(|e| ProposeError::Invalid(e.to_string()))?;
+            let response = raft.client_write(command).await.map_err(propose_error::<C>)?;
             Ok(encode(&response.data))
         })
     }

@@ -20,7 +20,7 @@ mod type_config;
 
 pub use codec::{decode, encode};
 pub use config::RaftConfig;
-pub use endpoint::{GroupEndpoint, ProposeError, RaftEndpoint};
+pub use endpoint::{GroupEndpoint, ProposeError, RaftEndpoint, propose_error as endpoint_propose_error};
 pub use error::RaftGlueError;
 pub use log_store::{LogStore, PurgeMode};
 pub use network::GroupNetworkFactory;

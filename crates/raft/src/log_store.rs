@@ -54,19 +54,8 @@ impl<C: GroupConfig> Clone for LogStore<C> {
 
 impl<C: GroupConfig> LogStore<C> {
     /// The log of `group` in `engine`.
-    pub fn new(
-        group: GroupId,
-        engine: Arc<dyn Engine>,
-        syncer: SyncHandle,
-        purge_mode: PurgeMode,
-    ) -> Self {
-        LogStore {
-            group,
-            engine,
-            syncer,
-            purge_mode,
-            _config: PhantomData,
-        }
+    pub fn new(group: GroupId, engine: Arc<dyn Engine>, syncer: SyncHandle, purge_mode: PurgeMode) -> Self {
+        LogStore { group, engine, syncer, purge_mode, _config: PhantomData }
     }
 
     fn state_key(&self, name: &[u8]) -> Vec<u8> {
@@ -77,10 +66,7 @@ impl<C: GroupConfig> LogStore<C> {
         group_key(self.group.0, &index.to_be_bytes())
     }
 
-    fn read_state<T: serde::de::DeserializeOwned>(
-        &self,
-        name: &[u8],
-    ) -> Result<Option<T>, std::io::Error> {
+    fn read_state<T: serde::de::DeserializeOwned>(&self, name: &[u8]) -> Result<Option<T>, std::io::Error> {
         match self.engine.get(Space::RaftState, &self.state_key(name))? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
@@ -89,12 +75,7 @@ impl<C: GroupConfig> LogStore<C> {
 
     fn last_entry_log_id(&self) -> Result<Option<LogIdOf<C>>, std::io::Error> {
         let range = group_range(self.group.0, b"", 0, u64::MAX);
-        let last = self.engine.scan(
-            Space::RaftLog,
-            &range.start[..]..&range.end[..],
-            Direction::Reverse,
-            1,
-        )?;
+        let last = self.engine.scan(Space::RaftLog, &range.start[..]..&range.end[..], Direction::Reverse, 1)?;
         match last.first() {
             Some((_, bytes)) => Ok(Some(decode::<C::Entry>(bytes)?.log_id())),
             None => Ok(None),
@@ -122,12 +103,7 @@ impl<C: GroupConfig> RaftLogReader<C> for LogStore<C> {
         }
         let keys = group_range(self.group.0, b"", lo, hi);
         let limit = usize::try_from(hi - lo).unwrap_or(usize::MAX);
-        let rows = self.engine.scan(
-            Space::RaftLog,
-            &keys.start[..]..&keys.end[..],
-            Direction::Forward,
-            limit,
-        )?;
+        let rows = self.engine.scan(Space::RaftLog, &keys.start[..]..&keys.end[..], Direction::Forward, limit)?;
         let mut entries = Vec::with_capacity(rows.len());
         for (_, bytes) in rows {
             let entry: C::Entry = decode(&bytes)?;
@@ -161,10 +137,7 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
             (Some(_), Some(purged)) => Some(purged.clone()),
             (entry, purged) => entry.or_else(|| purged.clone()),
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -181,25 +154,16 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
         Ok(())
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogIdOf<C>>,
-    ) -> Result<(), std::io::Error> {
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), std::io::Error> {
         // Not synced: losing it only means re-learning the commit index from the leader.
         let mut batch = WriteBatch::new();
-        batch.put(
-            Space::RaftState,
-            self.state_key(COMMITTED_KEY),
-            encode(&committed),
-        );
+        batch.put(Space::RaftState, self.state_key(COMMITTED_KEY), encode(&committed));
         self.engine.write(batch)?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, std::io::Error> {
-        Ok(self
-            .read_state::<Option<LogIdOf<C>>>(COMMITTED_KEY)?
-            .flatten())
+        Ok(self.read_state::<Option<LogIdOf<C>>>(COMMITTED_KEY)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), std::io::Error>
@@ -209,27 +173,18 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
     {
         let mut batch = WriteBatch::new();
         for entry in entries {
-            batch.put(
-                Space::RaftLog,
-                self.entry_key(entry.index()),
-                encode(&entry),
-            );
+            batch.put(Space::RaftLog, self.entry_key(entry.index()), encode(&entry));
         }
         self.engine.write(batch)?;
         // The entries are readable now; the callback fires once the syncer's next fsync
         // covers them, which is when openraft may count this node towards a quorum.
         self.syncer
-            .after_sync(Box::new(move |result| {
-                callback.io_completed(result.map_err(std::io::Error::from))
-            }))
+            .after_sync(Box::new(move |result| callback.io_completed(result.map_err(std::io::Error::from))))
             .await;
         Ok(())
     }
 
-    async fn truncate_after(
-        &mut self,
-        last_log_id: Option<LogIdOf<C>>,
-    ) -> Result<(), std::io::Error> {
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), std::io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         let range = group_range(self.group.0, b"", from, u64::MAX);
         let mut batch = WriteBatch::new();
@@ -240,11 +195,7 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), std::io::Error> {
         let mut batch = WriteBatch::new();
-        batch.put(
-            Space::RaftState,
-            self.state_key(PURGED_KEY),
-            encode(&log_id),
-        );
+        batch.put(Space::RaftState, self.state_key(PURGED_KEY), encode(&log_id));
         if self.purge_mode == PurgeMode::Delete {
             let range = group_range(self.group.0, b"", 0, log_id.index() + 1);
             batch.delete_range(Space::RaftLog, range.start, range.end);

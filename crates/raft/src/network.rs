@@ -16,8 +16,8 @@ use openraft::entry::RaftEntry;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
-    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 
@@ -37,11 +37,7 @@ pub struct GroupNetworkFactory<C: GroupConfig> {
 impl<C: GroupConfig> GroupNetworkFactory<C> {
     /// The network of `group` over `transport`.
     pub fn new(group: GroupId, transport: Arc<Transport>) -> Self {
-        GroupNetworkFactory {
-            group,
-            transport,
-            _config: PhantomData,
-        }
+        GroupNetworkFactory { group, transport, _config: PhantomData }
     }
 }
 
@@ -89,14 +85,7 @@ impl<C: GroupConfig> GroupClient<C> {
         let payload = encode(request);
         let reply = self
             .transport
-            .call(
-                self.target,
-                &self.address,
-                self.group,
-                kind,
-                payload,
-                option.soft_ttl(),
-            )
+            .call(self.target, &self.address, self.group, kind, payload, option.soft_ttl())
             .await
             .map_err(to_rpc_error::<C>)?;
         decode(&reply).map_err(|err| RPCError::Unreachable(Unreachable::new(&err)))
@@ -131,11 +120,7 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
             let calls = input
                 .map(move |request| {
                     let prev = request.prev_log_id.clone();
-                    let last = request
-                        .entries
-                        .last()
-                        .map(|entry| entry.log_id())
-                        .or_else(|| prev.clone());
+                    let last = request.entries.last().map(|entry| entry.log_id()).or_else(|| prev.clone());
                     let option = option.clone();
                     async move {
                         let response: AppendEntriesResponse<C> =
@@ -166,25 +151,16 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
                 };
                 futures::future::ready(Some(out))
             });
-            let stream: BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>> =
-                Box::pin(results);
+            let stream: BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>> = Box::pin(results);
             Ok(stream)
         })
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<C>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
         self.call(MessageKind::Vote, &rpc, &option).await
     }
 
-    async fn pre_vote(
-        &mut self,
-        rpc: VoteRequest<C>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
         self.call(MessageKind::PreVote, &rpc, &option).await
     }
 

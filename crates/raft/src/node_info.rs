@@ -13,10 +13,6 @@ pub struct NodeInfo {
 
 impl std::fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "peer={} client={}",
-            self.peer_address, self.client_address
-        )
+        write!(f, "peer={} client={}", self.peer_address, self.client_address)
     }
 }

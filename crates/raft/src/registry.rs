@@ -16,9 +16,7 @@ pub struct GroupRegistry {
 
 impl std::fmt::Debug for GroupRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupRegistry")
-            .field("groups", &self.groups.read().len())
-            .finish()
+        f.debug_struct("GroupRegistry").field("groups", &self.groups.read().len()).finish()
     }
 }
 

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flotilla_proto::raft::v1::{
-    BatchRequest, BatchResponse, GroupReply, MessageKind, ProposeRequest, ProposeResponse,
-    SnapshotChunk, SnapshotReply, group_reply, propose_response,
-    raft_transport_server::RaftTransport,
+    BatchRequest, BatchResponse, GroupReply, MessageKind, ProposeRequest, ProposeResponse, SnapshotChunk,
+    SnapshotReply, group_reply, propose_response, raft_transport_server::RaftTransport,
 };
 use flotilla_types::{GroupId, NodeId};
 use futures::StreamExt;
@@ -45,10 +44,7 @@ impl RaftTransportService {
 
 #[tonic::async_trait]
 impl RaftTransport for RaftTransportService {
-    async fn batch(
-        &self,
-        request: Request<BatchRequest>,
-    ) -> Result<Response<BatchResponse>, Status> {
+    async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
         let request = request.into_inner();
         self.check_target(request.to_node)?;
         let count = request.messages.len();
@@ -57,10 +53,7 @@ impl RaftTransport for RaftTransportService {
         let mut by_group: BTreeMap<u64, Vec<(usize, MessageKind, bytes::Bytes)>> = BTreeMap::new();
         for (position, message) in request.messages.into_iter().enumerate() {
             let kind = MessageKind::try_from(message.kind).unwrap_or(MessageKind::Unspecified);
-            by_group
-                .entry(message.group_id)
-                .or_default()
-                .push((position, kind, message.payload));
+            by_group.entry(message.group_id).or_default().push((position, kind, message.payload));
         }
         let registry = &self.registry;
         let per_group = by_group.into_iter().map(|(group, messages)| async move {
@@ -72,10 +65,7 @@ impl RaftTransport for RaftTransportService {
                         Ok(bytes) => group_reply::Result::Payload(bytes.into()),
                         Err(message) => group_reply::Result::Error(message),
                     },
-                    None => group_reply::Result::Error(format!(
-                        "group {} is not hosted on this node",
-                        GroupId(group)
-                    )),
+                    None => group_reply::Result::Error(format!("group {} is not hosted on this node", GroupId(group))),
                 };
                 replies.push((position, result));
             }
@@ -84,9 +74,7 @@ impl RaftTransport for RaftTransportService {
         let mut replies: Vec<GroupReply> = vec![GroupReply { result: None }; count];
         for group_replies in futures::future::join_all(per_group).await {
             for (position, result) in group_replies {
-                replies[position] = GroupReply {
-                    result: Some(result),
-                };
+                replies[position] = GroupReply { result: Some(result) };
             }
         }
         Ok(Response::new(BatchResponse { replies }))
@@ -108,46 +96,32 @@ impl RaftTransport for RaftTransportService {
                 group = Some(GroupId(chunk.group_id));
             }
             if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
-                return Err(Status::resource_exhausted(format!(
-                    "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
-                )));
+                return Err(Status::resource_exhausted(format!("snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes")));
             }
             data.extend_from_slice(&chunk.data);
         }
         let (Some(header), Some(group)) = (header, group) else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        let endpoint = self.registry.get(group).ok_or_else(|| {
-            Status::not_found(format!("group {group} is not hosted on this node"))
-        })?;
-        let payload = endpoint
-            .install_snapshot(header, data)
-            .await
-            .map_err(Status::internal)?;
-        Ok(Response::new(SnapshotReply {
-            payload: payload.into(),
-        }))
+        let endpoint = self
+            .registry
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("group {group} is not hosted on this node")))?;
+        let payload = endpoint.install_snapshot(header, data).await.map_err(Status::internal)?;
+        Ok(Response::new(SnapshotReply { payload: payload.into() }))
     }
 
-    async fn propose(
-        &self,
-        request: Request<ProposeRequest>,
-    ) -> Result<Response<ProposeResponse>, Status> {
+    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
         let request = request.into_inner();
         let group = GroupId(request.group_id);
         let result = match self.registry.get(group) {
             Some(endpoint) => endpoint.propose(request.command).await,
-            None => Err(ProposeError::Unavailable(format!(
-                "group {group} is not hosted on node {}",
-                self.node_id
-            ))),
+            None => Err(ProposeError::Unavailable(format!("group {group} is not hosted on node {}", self.node_id))),
         };
         let result = match result {
             Ok(response) => propose_response::Result::Response(response.into()),
             Err(err) => propose_response::Result::Error(encode(&err).into()),
         };
-        Ok(Response::new(ProposeResponse {
-            result: Some(result),
-        }))
+        Ok(Response::new(ProposeResponse { result: Some(result) }))
     }
 }

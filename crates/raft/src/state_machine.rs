@@ -81,11 +81,7 @@ pub struct StateMachineStore<C: GroupConfig, A: GroupStateMachine<C>> {
 impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
     /// Opens the state machine of `group`, recovering the applied position (incremental
     /// persistence) or the latest snapshot (snapshot-only persistence).
-    pub fn open(
-        group: GroupId,
-        engine: Arc<dyn Engine>,
-        app: Arc<parking_lot::Mutex<A>>,
-    ) -> io::Result<Self> {
+    pub fn open(group: GroupId, engine: Arc<dyn Engine>, app: Arc<parking_lot::Mutex<A>>) -> io::Result<Self> {
         let mut store = StateMachineStore {
             group,
             engine,
@@ -96,10 +92,7 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
         let persistence = store.app.lock().persistence();
         match persistence {
             Persistence::Incremental => {
-                if let Some(bytes) = store
-                    .engine
-                    .get(Space::StateMachine, &store.key(APPLIED_KEY))?
-                {
+                if let Some(bytes) = store.engine.get(Space::StateMachine, &store.key(APPLIED_KEY))? {
                     let applied: Applied<LogIdOf<C>, StoredMembershipOf<C>> = decode(&bytes)?;
                     store.last_applied = applied.last_applied;
                     store.membership = applied.membership;
@@ -127,20 +120,14 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
     }
 
     fn stored_snapshot(&self) -> io::Result<Option<StoredSnapshot<SnapshotMetaOf<C>>>> {
-        match self
-            .engine
-            .get(Space::StateMachine, &self.key(SNAPSHOT_KEY))?
-        {
+        match self.engine.get(Space::StateMachine, &self.key(SNAPSHOT_KEY))? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
     fn put_applied(&self, batch: &mut WriteBatch) {
-        let applied = Applied {
-            last_applied: self.last_applied.clone(),
-            membership: self.membership.clone(),
-        };
+        let applied = Applied { last_applied: self.last_applied.clone(), membership: self.membership.clone() };
         batch.put(Space::StateMachine, self.key(APPLIED_KEY), encode(&applied));
     }
 }
@@ -175,8 +162,7 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
                     }
                     EntryPayload::Membership(membership) => {
                         app.apply_empty(&log_id, &mut batch);
-                        self.membership =
-                            StoredMembershipOf::<C>::new(Some(log_id.clone()), membership);
+                        self.membership = StoredMembershipOf::<C>::new(Some(log_id.clone()), membership);
                         C::R::default()
                     }
                     EntryPayload::Normal(command) => app.apply(&log_id, command, &mut batch),
@@ -216,20 +202,13 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
         }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetaOf<C>,
-        snapshot: Vec<u8>,
-    ) -> io::Result<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Vec<u8>) -> io::Result<()> {
         let mut batch = WriteBatch::new();
         self.app.lock().restore(&snapshot, &mut batch)?;
         self.last_applied = meta.last_log_id.clone();
         self.membership = meta.last_membership.clone();
         self.put_applied(&mut batch);
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot,
-        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
         batch.put(Space::StateMachine, self.key(SNAPSHOT_KEY), encode(&stored));
         self.engine.write(batch)?;
         self.app.lock().applied();
@@ -237,12 +216,7 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<C, Vec<u8>>>> {
-        Ok(self
-            .stored_snapshot()?
-            .map(|stored| SnapshotOf::<C, Vec<u8>> {
-                meta: stored.meta,
-                snapshot: stored.data,
-            }))
+        Ok(self.stored_snapshot()?.map(|stored| SnapshotOf::<C, Vec<u8>> { meta: stored.meta, snapshot: stored.data }))
     }
 }
 
@@ -260,28 +234,13 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftSnapshotBuilder<C> for Snapsho
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<C, Vec<u8>>> {
-        let data = self
-            .data
-            .take()
-            .unwrap_or_else(|| Err(io::Error::other("snapshot builder used twice")))?;
-        let meta = SnapshotMetaOf::<C> {
-            last_log_id: self.last_applied.clone(),
-            last_membership: self.membership.clone(),
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
+        let data = self.data.take().unwrap_or_else(|| Err(io::Error::other("snapshot builder used twice")))?;
+        let meta =
+            SnapshotMetaOf::<C> { last_log_id: self.last_applied.clone(), last_membership: self.membership.clone() };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
         let mut batch = WriteBatch::new();
-        batch.put(
-            Space::StateMachine,
-            group_key(self.group.0, SNAPSHOT_KEY),
-            encode(&stored),
-        );
+        batch.put(Space::StateMachine, group_key(self.group.0, SNAPSHOT_KEY), encode(&stored));
         self.engine.write(batch)?;
-        Ok(SnapshotOf::<C, Vec<u8>> {
-            meta,
-            snapshot: data,
-        })
+        Ok(SnapshotOf::<C, Vec<u8>> { meta, snapshot: data })
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_proto::net::{ChannelSettings, Connector, channel};
 use flotilla_proto::raft::v1::{
-    BatchRequest, GroupMessage, MessageKind, ProposeRequest, ProposeResponse, SnapshotChunk,
-    group_reply, raft_transport_client::RaftTransportClient,
+    BatchRequest, GroupMessage, MessageKind, ProposeRequest, ProposeResponse, SnapshotChunk, group_reply,
+    raft_transport_client::RaftTransportClient,
 };
 use flotilla_types::{GroupId, NodeId};
 use parking_lot::Mutex;
@@ -82,21 +82,14 @@ pub struct Transport {
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport")
-            .field("node_id", &self.node_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Transport").field("node_id", &self.node_id).finish_non_exhaustive()
     }
 }
 
 impl Transport {
     /// A transport for `node_id` that opens connections through `connector`.
     pub fn new(node_id: NodeId, config: TransportConfig, connector: Connector) -> Arc<Transport> {
-        Arc::new(Transport {
-            node_id,
-            config,
-            connector,
-            peers: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Transport { node_id, config, connector, peers: Mutex::new(HashMap::new()) })
     }
 
     /// This node's id.
@@ -112,27 +105,14 @@ impl Transport {
             }
         }
         let channel = channel(address, &self.connector, &self.config.channel).map_err(|err| {
-            SendError::Unreachable {
-                node: target,
-                message: format!("bad address {address:?}: {err}"),
-            }
+            SendError::Unreachable { node: target, message: format!("bad address {address:?}: {err}") }
         })?;
         let client = RaftTransportClient::new(channel)
             .max_decoding_message_size(self.config.channel.message_bytes_max)
             .max_encoding_message_size(self.config.channel.message_bytes_max);
         let (queue, rx) = mpsc::channel(self.config.queue_capacity);
-        let peer = Arc::new(Peer {
-            address: address.to_string(),
-            queue,
-            client: client.clone(),
-        });
-        tokio::spawn(run_peer(
-            self.node_id,
-            target,
-            client,
-            rx,
-            self.config.clone(),
-        ));
+        let peer = Arc::new(Peer { address: address.to_string(), queue, client: client.clone() });
+        tokio::spawn(run_peer(self.node_id, target, client, rx, self.config.clone()));
         peers.insert(target, Arc::clone(&peer));
         Ok(peer)
     }
@@ -149,16 +129,9 @@ impl Transport {
     ) -> Result<Bytes, SendError> {
         let peer = self.peer(target, address)?;
         let (reply, rx) = oneshot::channel();
-        let message = GroupMessage {
-            group_id: group.0,
-            kind: kind as i32,
-            payload: payload.into(),
-        };
+        let message = GroupMessage { group_id: group.0, kind: kind as i32, payload: payload.into() };
         let deadline = Instant::now() + timeout;
-        let unreachable = |message: &str| SendError::Unreachable {
-            node: target,
-            message: message.to_string(),
-        };
+        let unreachable = |message: &str| SendError::Unreachable { node: target, message: message.to_string() };
         tokio::time::timeout_at(deadline, peer.queue.send(Outgoing { message, reply }))
             .await
             .map_err(|_| unreachable("send queue full until the deadline"))?
@@ -201,10 +174,7 @@ impl Transport {
         let call = client.install_snapshot(futures::stream::iter(chunks));
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner().payload),
-            Ok(Err(status)) => Err(SendError::Remote {
-                node: target,
-                message: status.message().to_string(),
-            }),
+            Ok(Err(status)) => Err(SendError::Remote { node: target, message: status.message().to_string() }),
             Err(_) => Err(SendError::Unreachable {
                 node: target,
                 message: format!("snapshot not acknowledged within {timeout:?}"),
@@ -223,20 +193,11 @@ impl Transport {
     ) -> Result<ProposeResponse, SendError> {
         let peer = self.peer(target, address)?;
         let mut client = peer.client.clone();
-        let request = ProposeRequest {
-            group_id: group.0,
-            command: command.into(),
-        };
+        let request = ProposeRequest { group_id: group.0, command: command.into() };
         match tokio::time::timeout(timeout, client.propose(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(SendError::Unreachable {
-                node: target,
-                message: status.message().to_string(),
-            }),
-            Err(_) => Err(SendError::Unreachable {
-                node: target,
-                message: format!("no reply within {timeout:?}"),
-            }),
+            Ok(Err(status)) => Err(SendError::Unreachable { node: target, message: status.message().to_string() }),
+            Err(_) => Err(SendError::Unreachable { node: target, message: format!("no reply within {timeout:?}") }),
         }
     }
 }
@@ -267,15 +228,9 @@ async fn run_peer(
         if pending.is_empty() {
             continue;
         }
-        let (messages, replies): (Vec<GroupMessage>, Vec<_>) = pending
-            .drain(..)
-            .map(|outgoing| (outgoing.message, outgoing.reply))
-            .unzip();
-        let request = BatchRequest {
-            from_node: from,
-            to_node: to,
-            messages,
-        };
+        let (messages, replies): (Vec<GroupMessage>, Vec<_>) =
+            pending.drain(..).map(|outgoing| (outgoing.message, outgoing.reply)).unzip();
+        let request = BatchRequest { from_node: from, to_node: to, messages };
         let outcome = tokio::time::timeout(config.batch_timeout, client.batch(request)).await;
         match outcome {
             Ok(Ok(response)) => {
@@ -284,22 +239,15 @@ async fn run_peer(
                 for reply in replies {
                     let result = match results.next().and_then(|r| r.result) {
                         Some(group_reply::Result::Payload(payload)) => Ok(payload),
-                        Some(group_reply::Result::Error(message)) => {
-                            Err(SendError::Remote { node: to, message })
-                        }
-                        None => Err(SendError::Remote {
-                            node: to,
-                            message: "reply missing from batch".into(),
-                        }),
+                        Some(group_reply::Result::Error(message)) => Err(SendError::Remote { node: to, message }),
+                        None => Err(SendError::Remote { node: to, message: "reply missing from batch".into() }),
                     };
                     let _ = reply.send(result);
                 }
             }
             Ok(Err(status)) => {
-                let error = SendError::Unreachable {
-                    node: to,
-                    message: format!("{:?}: {}", status.code(), status.message()),
-                };
+                let error =
+                    SendError::Unreachable { node: to, message: format!("{:?}: {}", status.code(), status.message()) };
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }

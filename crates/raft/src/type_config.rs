@@ -8,8 +8,7 @@ use crate::NodeInfo;
 
 /// The async runtime of every group: tokio, with openraft's randomness (election timeouts,
 /// tick phase) drawn from a seeded, task-local RNG so a simulation replays exactly.
-pub type Runtime =
-    openraft_rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
+pub type Runtime = openraft_rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
 
 /// A type configuration the glue in this crate accepts. Declare one per application with
 /// `openraft::declare_raft_types!`, setting `NodeId = u64`, `Node = NodeInfo`,

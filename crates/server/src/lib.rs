@@ -1,1 +1,18 @@
-//! placeholder
+//! The Flotilla node: composes storage, the Raft groups, the metadata catalogue and the
+//! partitions, and serves the public gRPC API. The `flotilla` binary wraps [`run`] with
+//! configuration parsing, RocksDB and real sockets; the simulation wraps it with the
+//! in-memory engine and turmoil sockets.
+
+mod api;
+mod config;
+mod error;
+mod http;
+mod meta;
+mod node;
+mod partitions;
+mod peers;
+
+pub use config::{NodeConfig, parse_initial_cluster};
+pub use error::NodeError;
+pub use http::serve_http;
+pub use node::{NodeSeams, run};

@@ -7,8 +7,8 @@ use std::path::Path;
 use flotilla_storage::{Direction, Engine, Space, StorageError, WriteBatch, WriteOp};
 use rocksdb::statistics::{StatsLevel, Ticker};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    DBRecoveryMode, Options, ReadOptions, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Options,
+    ReadOptions, WriteOptions,
 };
 
 use crate::RocksConfig;
@@ -28,9 +28,7 @@ pub struct RocksEngine {
 
 impl std::fmt::Debug for RocksEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksEngine")
-            .field("path", &self.db.path())
-            .finish_non_exhaustive()
+        f.debug_struct("RocksEngine").field("path", &self.db.path()).finish_non_exhaustive()
     }
 }
 
@@ -39,11 +37,10 @@ impl RocksEngine {
     pub fn open(path: &Path, config: RocksConfig) -> Result<RocksEngine, StorageError> {
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
         let db_options = db_options(&config);
-        let descriptors = Space::ALL.iter().map(|&space| {
-            ColumnFamilyDescriptor::new(space.name(), cf_options(space, &config, &cache))
-        });
-        let db = DB::open_cf_descriptors(&db_options, path, descriptors)
-            .map_err(engine_error("open"))?;
+        let descriptors = Space::ALL
+            .iter()
+            .map(|&space| ColumnFamilyDescriptor::new(space.name(), cf_options(space, &config, &cache)));
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(engine_error("open"))?;
         tracing::info!(path = %path.display(), ?config, "opened RocksDB engine");
 
         let mut write_options = WriteOptions::default();
@@ -54,22 +51,16 @@ impl RocksEngine {
         // and what gives the prefix property after a power cut; never skip it.
         write_options.disable_wal(false);
 
-        Ok(RocksEngine {
-            db,
-            db_options,
-            write_options,
-        })
+        Ok(RocksEngine { db, db_options, write_options })
     }
 
     /// The column family of `space`. Every space's family is created at open, so a missing
     /// one means the database was changed behind our back.
     fn cf(&self, space: Space) -> Result<&ColumnFamily, StorageError> {
-        self.db
-            .cf_handle(space.name())
-            .ok_or_else(|| StorageError::Engine {
-                operation: "column family lookup",
-                message: format!("column family {:?} is missing", space.name()),
-            })
+        self.db.cf_handle(space.name()).ok_or_else(|| StorageError::Engine {
+            operation: "column family lookup",
+            message: format!("column family {:?} is missing", space.name()),
+        })
     }
 }
 
@@ -81,9 +72,7 @@ impl Engine for RocksEngine {
         let mut rocks_batch = rocksdb::WriteBatch::default();
         for op in batch.into_ops() {
             match op {
-                WriteOp::Put { space, key, value } => {
-                    rocks_batch.put_cf(self.cf(space)?, key, value)
-                }
+                WriteOp::Put { space, key, value } => rocks_batch.put_cf(self.cf(space)?, key, value),
                 WriteOp::Delete { space, key } => rocks_batch.delete_cf(self.cf(space)?, key),
                 WriteOp::DeleteRange { space, start, end } => {
                     // An empty or inverted range deletes nothing (as in the memory engine);
@@ -94,9 +83,7 @@ impl Engine for RocksEngine {
                 }
             }
         }
-        self.db
-            .write_opt(rocks_batch, &self.write_options)
-            .map_err(engine_error("write"))
+        self.db.write_opt(rocks_batch, &self.write_options).map_err(engine_error("write"))
     }
 
     fn sync(&self) -> Result<(), StorageError> {
@@ -106,9 +93,7 @@ impl Engine for RocksEngine {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
-            .get_cf(self.cf(space)?, key)
-            .map_err(engine_error("get"))
+        self.db.get_cf(self.cf(space)?, key).map_err(engine_error("get"))
     }
 
     fn scan(
@@ -159,11 +144,7 @@ impl Engine for RocksEngine {
     /// record headers of the log format.
     fn bytes_written(&self) -> Option<u64> {
         let ticker = |t| self.db_options.get_ticker_count(t);
-        Some(
-            ticker(Ticker::WalFileBytes)
-                + ticker(Ticker::FlushWriteBytes)
-                + ticker(Ticker::CompactWriteBytes),
-        )
+        Some(ticker(Ticker::WalFileBytes) + ticker(Ticker::FlushWriteBytes) + ticker(Ticker::CompactWriteBytes))
     }
 }
 
@@ -241,10 +222,7 @@ fn cf_options(space: Space, config: &RocksConfig, cache: &Cache) -> Options {
 
 /// Maps a RocksDB error to the storage error naming the operation that failed.
 fn engine_error(operation: &'static str) -> impl Fn(rocksdb::Error) -> StorageError {
-    move |err| StorageError::Engine {
-        operation,
-        message: err.into_string(),
-    }
+    move |err| StorageError::Engine { operation, message: err.into_string() }
 }
 
 #[cfg(test)]
@@ -300,52 +278,24 @@ mod tests {
         {
             let engine = open(dir.path());
             for index in 0..100u64 {
-                put(
-                    &engine,
-                    Space::RaftLog,
-                    entry_key(3, index),
-                    index.to_be_bytes().to_vec(),
-                );
+                put(&engine, Space::RaftLog, entry_key(3, index), index.to_be_bytes().to_vec());
             }
             // One value large enough to live in a blob file once flushed.
             put(&engine, Space::RaftLog, entry_key(3, 100), big.clone());
-            put(
-                &engine,
-                Space::RaftState,
-                group_key(3, b"vote"),
-                b"term 4".to_vec(),
-            );
+            put(&engine, Space::RaftState, group_key(3, b"vote"), b"term 4".to_vec());
             engine.sync().expect("sync");
         }
         let engine = open(dir.path());
         let range = group_range(3, b"", 0, 100);
-        let entries = engine
-            .scan(
-                Space::RaftLog,
-                &range.start[..]..&range.end[..],
-                Direction::Forward,
-                1000,
-            )
-            .expect("scan");
-        assert_eq!(
-            entries.len(),
-            100,
-            "every synced entry is back after reopen"
-        );
+        let entries =
+            engine.scan(Space::RaftLog, &range.start[..]..&range.end[..], Direction::Forward, 1000).expect("scan");
+        assert_eq!(entries.len(), 100, "every synced entry is back after reopen");
         for (index, (key, value)) in (0u64..).zip(&entries) {
             assert_eq!(key, &entry_key(3, index));
             assert_eq!(value, &index.to_be_bytes().to_vec());
         }
-        assert_eq!(
-            engine.get(Space::RaftLog, &entry_key(3, 100)).expect("get"),
-            Some(big)
-        );
-        assert_eq!(
-            engine
-                .get(Space::RaftState, &group_key(3, b"vote"))
-                .expect("get"),
-            Some(b"term 4".to_vec())
-        );
+        assert_eq!(engine.get(Space::RaftLog, &entry_key(3, 100)).expect("get"), Some(big));
+        assert_eq!(engine.get(Space::RaftState, &group_key(3, b"vote")).expect("get"), Some(b"term 4".to_vec()));
     }
 
     #[test]
@@ -354,33 +304,19 @@ mod tests {
         let engine = open(dir.path());
         for group in [6u64, 7, 8] {
             for index in 0..50u64 {
-                put(
-                    &engine,
-                    Space::RaftLog,
-                    entry_key(group, index),
-                    vec![group as u8; 300],
-                );
+                put(&engine, Space::RaftLog, entry_key(group, index), vec![group as u8; 300]);
             }
         }
         // Half of the entries go to SST and blob files first, so the range delete has to
         // hide data both in the memtable and on disk.
-        engine
-            .db
-            .flush_cf(engine.cf(Space::RaftLog).expect("cf"))
-            .expect("flush");
+        engine.db.flush_cf(engine.cf(Space::RaftLog).expect("cf")).expect("flush");
         let purge = group_range(7, b"", 10, 40);
         let mut batch = WriteBatch::new();
         batch.delete_range(Space::RaftLog, purge.start, purge.end);
         engine.write(batch).expect("write");
 
-        let everything = engine
-            .scan(
-                Space::RaftLog,
-                &[0u8; 8][..]..&[0xffu8; 9][..],
-                Direction::Forward,
-                1000,
-            )
-            .expect("scan");
+        let everything =
+            engine.scan(Space::RaftLog, &[0u8; 8][..]..&[0xffu8; 9][..], Direction::Forward, 1000).expect("scan");
         let expected: Vec<Vec<u8>> = [6u64, 7, 8]
             .into_iter()
             .flat_map(|group| (0..50u64).map(move |index| (group, index)))
@@ -392,14 +328,7 @@ mod tests {
 
         // A reverse scan starting inside the deleted range lands on the entry before it.
         let range = group_range(7, b"", 0, 30);
-        let last = engine
-            .scan(
-                Space::RaftLog,
-                &range.start[..]..&range.end[..],
-                Direction::Reverse,
-                1,
-            )
-            .expect("scan");
+        let last = engine.scan(Space::RaftLog, &range.start[..]..&range.end[..], Direction::Reverse, 1).expect("scan");
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].0, entry_key(7, 9));
     }
@@ -413,17 +342,9 @@ mod tests {
         batch.delete_range(Space::StateMachine, b"c".to_vec(), b"a".to_vec());
         batch.delete_range(Space::StateMachine, b"b".to_vec(), b"b".to_vec());
         batch.put(Space::StateMachine, b"d".to_vec(), b"2".to_vec());
-        engine
-            .write(batch)
-            .expect("a batch with an inverted range still applies");
-        assert_eq!(
-            engine.get(Space::StateMachine, b"b").expect("get"),
-            Some(b"1".to_vec())
-        );
-        assert_eq!(
-            engine.get(Space::StateMachine, b"d").expect("get"),
-            Some(b"2".to_vec())
-        );
+        engine.write(batch).expect("a batch with an inverted range still applies");
+        assert_eq!(engine.get(Space::StateMachine, b"b").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(engine.get(Space::StateMachine, b"d").expect("get"), Some(b"2".to_vec()));
     }
 
     #[test]
@@ -448,24 +369,14 @@ mod tests {
         };
         for round in 0..4u64 {
             for index in 0..entries / 4 {
-                put(
-                    &engine,
-                    Space::RaftLog,
-                    entry_key(round, index),
-                    random_value(),
-                );
+                put(&engine, Space::RaftLog, entry_key(round, index), random_value());
             }
             engine.sync().expect("sync");
             // Four L0 files reach the compaction trigger.
             engine.db.flush_cf(cf).expect("flush");
         }
-        let before_compaction = engine
-            .bytes_written()
-            .expect("RocksDB reports bytes written");
-        assert!(
-            before_compaction >= 2 * produced,
-            "WAL and blob files each hold every value once"
-        );
+        let before_compaction = engine.bytes_written().expect("RocksDB reports bytes written");
+        assert!(before_compaction >= 2 * produced, "WAL and blob files each hold every value once");
         engine.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         let total = engine.bytes_written().expect("bytes written");
         let amplification = total as f64 / produced as f64;
@@ -474,10 +385,7 @@ mod tests {
             "write amplification {amplification:.2} ({total} bytes for {produced} produced); \
              {before_compaction} before compaction"
         );
-        assert!(
-            live_blob_bytes(&engine) >= produced - entries * 16,
-            "values live in blob files"
-        );
+        assert!(live_blob_bytes(&engine) >= produced - entries * 16, "values live in blob files");
 
         // Retention drops whole groups; once compaction drops their keys, blob files whose
         // every blob is garbage are deleted without blob GC.
@@ -486,11 +394,7 @@ mod tests {
         engine.write(batch).expect("write");
         engine.db.flush_cf(cf).expect("flush");
         engine.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
-        assert_eq!(
-            live_blob_bytes(&engine),
-            0,
-            "fully deleted blob files are reclaimed"
-        );
+        assert_eq!(live_blob_bytes(&engine), 0, "fully deleted blob files are reclaimed");
     }
 
     /// Env var that turns `kill_minus_nine_child` into the crashing writer.
@@ -502,12 +406,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
-            .args([
-                "--exact",
-                "rocks_engine::tests::kill_minus_nine_child",
-                "--ignored",
-                "--nocapture",
-            ])
+            .args(["--exact", "rocks_engine::tests::kill_minus_nine_child", "--ignored", "--nocapture"])
             .env(CRASH_DIR_ENV, dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -516,10 +415,7 @@ mod tests {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let reported = loop {
-            let line = lines
-                .next()
-                .expect("child reports before exiting")
-                .expect("read child stdout");
+            let line = lines.next().expect("child reports before exiting").expect("read child stdout");
             if let Some(count) = line.strip_prefix("written ") {
                 break count.parse::<u64>().expect("count");
             }
@@ -532,14 +428,8 @@ mod tests {
 
         let engine = open(dir.path());
         for index in 0..CRASH_WRITES {
-            let value = engine
-                .get(Space::RaftLog, &entry_key(1, index))
-                .expect("get");
-            assert_eq!(
-                value,
-                Some(index.to_be_bytes().to_vec()),
-                "entry {index} returned by write survived kill -9"
-            );
+            let value = engine.get(Space::RaftLog, &entry_key(1, index)).expect("get");
+            assert_eq!(value, Some(index.to_be_bytes().to_vec()), "entry {index} returned by write survived kill -9");
         }
     }
 
@@ -553,12 +443,7 @@ mod tests {
         };
         let engine = open(Path::new(&dir));
         for index in 0..CRASH_WRITES {
-            put(
-                &engine,
-                Space::RaftLog,
-                entry_key(1, index),
-                index.to_be_bytes().to_vec(),
-            );
+            put(&engine, Space::RaftLog, entry_key(1, index), index.to_be_bytes().to_vec());
             if index == CRASH_WRITES / 2 {
                 engine.sync().expect("sync");
             }

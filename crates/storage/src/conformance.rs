@@ -24,22 +24,10 @@ fn put(engine: &dyn Engine, space: Space, key: &[u8], value: &[u8]) {
 
 fn writes_are_visible_at_once(engine: &dyn Engine) {
     put(engine, Space::RaftLog, b"k", b"v1");
-    assert_eq!(
-        engine.get(Space::RaftLog, b"k").expect("get"),
-        Some(b"v1".to_vec()),
-        "visible after write"
-    );
+    assert_eq!(engine.get(Space::RaftLog, b"k").expect("get"), Some(b"v1".to_vec()), "visible after write");
     put(engine, Space::RaftLog, b"k", b"v2");
-    assert_eq!(
-        engine.get(Space::RaftLog, b"k").expect("get"),
-        Some(b"v2".to_vec()),
-        "overwrite"
-    );
-    assert_eq!(
-        engine.get(Space::RaftLog, b"missing").expect("get"),
-        None,
-        "absent key"
-    );
+    assert_eq!(engine.get(Space::RaftLog, b"k").expect("get"), Some(b"v2".to_vec()), "overwrite");
+    assert_eq!(engine.get(Space::RaftLog, b"missing").expect("get"), None, "absent key");
 }
 
 fn spaces_are_independent(engine: &dyn Engine) {
@@ -63,27 +51,14 @@ fn batches_apply_in_order(engine: &dyn Engine) {
     batch.put(Space::StateMachine, b"b".to_vec(), b"1".to_vec());
     batch.put(Space::StateMachine, b"b".to_vec(), b"2".to_vec());
     engine.write(batch).expect("write");
-    assert_eq!(
-        engine.get(Space::StateMachine, b"a").expect("get"),
-        None,
-        "delete after put in one batch"
-    );
-    assert_eq!(
-        engine.get(Space::StateMachine, b"b").expect("get"),
-        Some(b"2".to_vec()),
-        "last put wins"
-    );
+    assert_eq!(engine.get(Space::StateMachine, b"a").expect("get"), None, "delete after put in one batch");
+    assert_eq!(engine.get(Space::StateMachine, b"b").expect("get"), Some(b"2".to_vec()), "last put wins");
 }
 
 fn delete_range_is_half_open(engine: &dyn Engine) {
     for group in [1u64, 2] {
         for index in 0..10u64 {
-            put(
-                engine,
-                Space::RaftLog,
-                &group_key(group, &index.to_be_bytes()),
-                b"e",
-            );
+            put(engine, Space::RaftLog, &group_key(group, &index.to_be_bytes()), b"e");
         }
     }
     let range = group_range(1, b"", 3, 7);
@@ -91,89 +66,33 @@ fn delete_range_is_half_open(engine: &dyn Engine) {
     batch.delete_range(Space::RaftLog, range.start, range.end);
     engine.write(batch).expect("write");
     for index in 0..10u64 {
-        let present = engine
-            .get(Space::RaftLog, &group_key(1, &index.to_be_bytes()))
-            .expect("get")
-            .is_some();
-        assert_eq!(
-            present,
-            !(3..7).contains(&index),
-            "group 1 index {index} after delete_range [3,7)"
-        );
-        let other = engine
-            .get(Space::RaftLog, &group_key(2, &index.to_be_bytes()))
-            .expect("get")
-            .is_some();
-        assert!(
-            other,
-            "group 2 index {index} untouched by group 1's delete_range"
-        );
+        let present = engine.get(Space::RaftLog, &group_key(1, &index.to_be_bytes())).expect("get").is_some();
+        assert_eq!(present, !(3..7).contains(&index), "group 1 index {index} after delete_range [3,7)");
+        let other = engine.get(Space::RaftLog, &group_key(2, &index.to_be_bytes())).expect("get").is_some();
+        assert!(other, "group 2 index {index} untouched by group 1's delete_range");
     }
 }
 
 fn scans_respect_bounds_direction_and_limit(engine: &dyn Engine) {
     for index in 0..20u64 {
-        put(
-            engine,
-            Space::RaftLog,
-            &group_key(9, &index.to_be_bytes()),
-            &index.to_be_bytes(),
-        );
+        put(engine, Space::RaftLog, &group_key(9, &index.to_be_bytes()), &index.to_be_bytes());
     }
-    put(
-        engine,
-        Space::RaftLog,
-        &group_key(10, &0u64.to_be_bytes()),
-        b"other group",
-    );
+    put(engine, Space::RaftLog, &group_key(10, &0u64.to_be_bytes()), b"other group");
     let range = group_range(9, b"", 5, 15);
-    let forward = engine
-        .scan(
-            Space::RaftLog,
-            &range.start[..]..&range.end[..],
-            Direction::Forward,
-            100,
-        )
-        .expect("scan");
-    let indexes: Vec<u64> = forward
-        .iter()
-        .map(|(_, v)| u64::from_be_bytes(v[..8].try_into().expect("8 bytes")))
-        .collect();
-    assert_eq!(
-        indexes,
-        (5..15).collect::<Vec<_>>(),
-        "forward scan of [5,15)"
-    );
-    let reverse = engine
-        .scan(
-            Space::RaftLog,
-            &range.start[..]..&range.end[..],
-            Direction::Reverse,
-            3,
-        )
-        .expect("scan");
-    let indexes: Vec<u64> = reverse
-        .iter()
-        .map(|(_, v)| u64::from_be_bytes(v[..8].try_into().expect("8 bytes")))
-        .collect();
+    let forward = engine.scan(Space::RaftLog, &range.start[..]..&range.end[..], Direction::Forward, 100).expect("scan");
+    let indexes: Vec<u64> =
+        forward.iter().map(|(_, v)| u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))).collect();
+    assert_eq!(indexes, (5..15).collect::<Vec<_>>(), "forward scan of [5,15)");
+    let reverse = engine.scan(Space::RaftLog, &range.start[..]..&range.end[..], Direction::Reverse, 3).expect("scan");
+    let indexes: Vec<u64> =
+        reverse.iter().map(|(_, v)| u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))).collect();
     assert_eq!(indexes, vec![14, 13, 12], "reverse scan with limit 3");
-    let empty = engine
-        .scan(
-            Space::RaftLog,
-            &range.end[..]..&range.start[..],
-            Direction::Forward,
-            10,
-        )
-        .expect("scan");
+    let empty = engine.scan(Space::RaftLog, &range.end[..]..&range.start[..], Direction::Forward, 10).expect("scan");
     assert!(empty.is_empty(), "inverted range scans nothing");
 }
 
 fn sync_succeeds_on_a_healthy_engine(engine: &dyn Engine) {
     put(engine, Space::Node, b"id", b"1");
     engine.sync().expect("sync on a healthy engine");
-    assert_eq!(
-        engine.get(Space::Node, b"id").expect("get"),
-        Some(b"1".to_vec()),
-        "readable after sync"
-    );
+    assert_eq!(engine.get(Space::Node, b"id").expect("get"), Some(b"1".to_vec()), "readable after sync");
 }

@@ -21,12 +21,7 @@ pub enum Space {
 
 impl Space {
     /// Every space, in a fixed order (engines create them all at open).
-    pub const ALL: [Space; 4] = [
-        Space::RaftLog,
-        Space::RaftState,
-        Space::StateMachine,
-        Space::Node,
-    ];
+    pub const ALL: [Space; 4] = [Space::RaftLog, Space::RaftState, Space::StateMachine, Space::Node];
 
     /// A stable name, used as the RocksDB column-family name.
     pub fn name(self) -> &'static str {
@@ -43,19 +38,11 @@ impl Space {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
     /// Insert or overwrite `key`.
-    Put {
-        space: Space,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
+    Put { space: Space, key: Vec<u8>, value: Vec<u8> },
     /// Remove `key` (absent keys are fine).
     Delete { space: Space, key: Vec<u8> },
     /// Remove every key in `[start, end)`.
-    DeleteRange {
-        space: Space,
-        start: Vec<u8>,
-        end: Vec<u8>,
-    },
+    DeleteRange { space: Space, start: Vec<u8>, end: Vec<u8> },
 }
 
 /// Mutations applied atomically, in order: after a crash either all of them survive or none.
@@ -72,33 +59,17 @@ impl WriteBatch {
 
     /// Adds a put.
     pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push(WriteOp::Put {
-            space,
-            key: key.into(),
-            value: value.into(),
-        });
+        self.ops.push(WriteOp::Put { space, key: key.into(), value: value.into() });
     }
 
     /// Adds a point delete.
     pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
-        self.ops.push(WriteOp::Delete {
-            space,
-            key: key.into(),
-        });
+        self.ops.push(WriteOp::Delete { space, key: key.into() });
     }
 
     /// Adds a delete of `[start, end)`.
-    pub fn delete_range(
-        &mut self,
-        space: Space,
-        start: impl Into<Vec<u8>>,
-        end: impl Into<Vec<u8>>,
-    ) {
-        self.ops.push(WriteOp::DeleteRange {
-            space,
-            start: start.into(),
-            end: end.into(),
-        });
+    pub fn delete_range(&mut self, space: Space, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
+        self.ops.push(WriteOp::DeleteRange { space, start: start.into(), end: end.into() });
     }
 
     /// The mutations, in order.

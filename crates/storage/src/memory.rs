@@ -73,10 +73,7 @@ impl MemoryEngine {
     pub fn wipe(&self) {
         let mut inner = self.inner.lock();
         let faults = inner.faults.clone();
-        *inner = Inner {
-            faults,
-            ..Inner::default()
-        };
+        *inner = Inner { faults, ..Inner::default() };
     }
 }
 
@@ -94,8 +91,7 @@ fn apply(trees: &mut BTreeMap<Space, Tree>, batch: WriteBatch) {
             WriteOp::DeleteRange { space, start, end } => {
                 if let Some(tree) = trees.get_mut(&space) {
                     if start < end {
-                        let doomed: Vec<Vec<u8>> =
-                            tree.range(start..end).map(|(k, _)| k.clone()).collect();
+                        let doomed: Vec<Vec<u8>> = tree.range(start..end).map(|(k, _)| k.clone()).collect();
                         for key in doomed {
                             tree.remove(&key);
                         }
@@ -132,10 +128,7 @@ impl Engine for MemoryEngine {
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let inner = self.inner.lock();
-        Ok(inner
-            .visible
-            .get(&space)
-            .and_then(|tree| tree.get(key).cloned()))
+        Ok(inner.visible.get(&space).and_then(|tree| tree.get(key).cloned()))
     }
 
     fn scan(
@@ -152,13 +145,8 @@ impl Engine for MemoryEngine {
         if range.start >= range.end {
             return Ok(Vec::new());
         }
-        let bounds = (
-            std::ops::Bound::Included(range.start.to_vec()),
-            std::ops::Bound::Excluded(range.end.to_vec()),
-        );
-        let iter = tree
-            .range::<Vec<u8>, _>(bounds)
-            .map(|(k, v)| (k.clone(), v.clone()));
+        let bounds = (std::ops::Bound::Included(range.start.to_vec()), std::ops::Bound::Excluded(range.end.to_vec()));
+        let iter = tree.range::<Vec<u8>, _>(bounds).map(|(k, v)| (k.clone(), v.clone()));
         Ok(match direction {
             Direction::Forward => iter.take(limit).collect(),
             Direction::Reverse => iter.rev().take(limit).collect(),
@@ -198,24 +186,15 @@ mod tests {
         assert_eq!(engine.pending_batches(), 2);
         // A torn tail keeps the first pending batch and loses the second.
         engine.crash(1);
-        assert_eq!(
-            engine.get(Space::RaftLog, b"a").expect("get"),
-            Some(b"1".to_vec())
-        );
-        assert_eq!(
-            engine.get(Space::RaftLog, b"b").expect("get"),
-            Some(b"2".to_vec())
-        );
+        assert_eq!(engine.get(Space::RaftLog, b"a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(engine.get(Space::RaftLog, b"b").expect("get"), Some(b"2".to_vec()));
         assert_eq!(engine.get(Space::RaftLog, b"c").expect("get"), None);
     }
 
     #[test]
     fn lying_sync_loses_data_on_crash() {
         let engine = MemoryEngine::new();
-        engine.set_faults(MemoryFaults {
-            sync_lies: true,
-            ..MemoryFaults::default()
-        });
+        engine.set_faults(MemoryFaults { sync_lies: true, ..MemoryFaults::default() });
         let mut batch = WriteBatch::new();
         batch.put(Space::Node, b"k".to_vec(), b"v".to_vec());
         engine.write(batch).expect("write");

@@ -36,10 +36,7 @@ impl SyncHandle {
     /// are covered by that sync.
     pub async fn after_sync(&self, callback: SyncCallback) {
         if let Err(mpsc::error::SendError(callback)) = self.tx.send(callback).await {
-            callback(Err(StorageError::Engine {
-                operation: "sync",
-                message: "syncer stopped".into(),
-            }));
+            callback(Err(StorageError::Engine { operation: "sync", message: "syncer stopped".into() }));
         }
     }
 
@@ -51,10 +48,7 @@ impl SyncHandle {
         }))
         .await;
         rx.await.unwrap_or_else(|_| {
-            Err(StorageError::Engine {
-                operation: "sync",
-                message: "syncer dropped the request".into(),
-            })
+            Err(StorageError::Engine { operation: "sync", message: "syncer dropped the request".into() })
         })
     }
 }
@@ -85,10 +79,7 @@ async fn run(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<SyncCallback>) {
             let engine = Arc::clone(&engine);
             match tokio::task::spawn_blocking(move || engine.sync()).await {
                 Ok(res) => res,
-                Err(join) => Err(StorageError::Engine {
-                    operation: "sync",
-                    message: join.to_string(),
-                }),
+                Err(join) => Err(StorageError::Engine { operation: "sync", message: join.to_string() }),
             }
         } else {
             engine.sync()
@@ -120,12 +111,7 @@ mod tests {
         assert_eq!(engine.pending_batches(), 0);
         engine.crash(0);
         for group in 0..10u64 {
-            assert!(
-                engine
-                    .get(Space::RaftLog, &crate::group_key(group, b"x"))
-                    .expect("get")
-                    .is_some()
-            );
+            assert!(engine.get(Space::RaftLog, &crate::group_key(group, b"x")).expect("get").is_some());
         }
     }
 }

@@ -31,15 +31,8 @@ const PARTITION_BITS: u32 = 20;
 impl GroupId {
     /// The group replicating `partition` of `topic`.
     pub fn for_partition(topic: TopicId, partition: PartitionId) -> GroupId {
-        assert!(
-            u64::from(partition) < (1 << PARTITION_BITS),
-            "partition {partition} exceeds the group-id space"
-        );
-        assert!(
-            topic.0 < (1 << (64 - PARTITION_BITS)),
-            "topic id {} exceeds the group-id space",
-            topic.0
-        );
+        assert!(u64::from(partition) < (1 << PARTITION_BITS), "partition {partition} exceeds the group-id space");
+        assert!(topic.0 < (1 << (64 - PARTITION_BITS)), "topic id {} exceeds the group-id space", topic.0);
         GroupId((topic.0 << PARTITION_BITS) | u64::from(partition))
     }
 

@@ -1,6 +1,7 @@
 //! Plain data shared by every Flotilla crate: ids, records, limits, stable error codes and
 //! the key partitioner. No I/O and no async.
 
+mod clock;
 mod error_code;
 mod ids;
 mod limits;
@@ -8,6 +9,7 @@ mod partitioner;
 mod record;
 mod topic_name;
 
+pub use clock::{Clock, SystemClock};
 pub use error_code::ErrorCode;
 pub use ids::{GroupId, METADATA_GROUP, NodeId, Offset, PartitionId, TopicId};
 pub use limits::Limits;

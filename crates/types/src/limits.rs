@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Request and record size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest record: key + value + headers.
     pub record_bytes_max: usize,

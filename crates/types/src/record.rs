@@ -26,11 +26,7 @@ impl Record {
     pub fn size_bytes(&self) -> usize {
         self.key.as_ref().map_or(0, Bytes::len)
             + self.value.len()
-            + self
-                .headers
-                .iter()
-                .map(|h| h.key.len() + h.value.len())
-                .sum::<usize>()
+            + self.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
     }
 }
 

@@ -12,9 +12,7 @@ pub enum TopicNameError {
     TooLong { name: String, len: usize },
     #[error("topic name {name:?} is reserved")]
     Reserved { name: String },
-    #[error(
-        "topic name {name:?} contains {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
-    )]
+    #[error("topic name {name:?} contains {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed")]
     BadCharacter { name: String, bad: char },
 }
 
@@ -24,24 +22,13 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicNameError> {
         return Err(TopicNameError::Empty);
     }
     if name.len() > TOPIC_NAME_LEN_MAX {
-        return Err(TopicNameError::TooLong {
-            name: name.to_string(),
-            len: name.len(),
-        });
+        return Err(TopicNameError::TooLong { name: name.to_string(), len: name.len() });
     }
     if name == "." || name == ".." {
-        return Err(TopicNameError::Reserved {
-            name: name.to_string(),
-        });
+        return Err(TopicNameError::Reserved { name: name.to_string() });
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(TopicNameError::BadCharacter {
-            name: name.to_string(),
-            bad,
-        });
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(TopicNameError::BadCharacter { name: name.to_string(), bad });
     }
     Ok(())
 }
@@ -56,13 +43,7 @@ mod tests {
         assert_eq!(validate_topic_name(""), Err(TopicNameError::Empty));
         let err = validate_topic_name("bad name").expect_err("space is refused");
         assert!(err.to_string().contains("' '"), "{err}");
-        assert!(matches!(
-            validate_topic_name(".."),
-            Err(TopicNameError::Reserved { .. })
-        ));
-        assert!(matches!(
-            validate_topic_name(&"x".repeat(250)),
-            Err(TopicNameError::TooLong { len: 250, .. })
-        ));
+        assert!(matches!(validate_topic_name(".."), Err(TopicNameError::Reserved { .. })));
+        assert!(matches!(validate_topic_name(&"x".repeat(250)), Err(TopicNameError::TooLong { len: 250, .. })));
     }
 }

@@ -1,0 +1,242 @@
+//! `flo topic`: create, list, describe and delete topics.
+
+use clap::Subcommand;
+use flotilla_client::{Client, v1};
+use serde_json::{Value, json};
+
+use crate::output::{Output, Table, print_json, print_text, utc, yes_no};
+
+/// Topic subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
+        name: String,
+        /// Number of partitions.
+        #[arg(short, long, default_value_t = 1)]
+        partitions: u32,
+        /// Replicas per partition. Default: 3, or the node count if smaller (the server
+        /// picks).
+        #[arg(short, long, value_name = "R")]
+        replication_factor: Option<u32>,
+    },
+    /// List all topics.
+    List,
+    /// Show a topic's partitions: leader, replicas, offsets, and what each replica holds.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Delete a topic and all its records.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// Runs a topic subcommand.
+pub async fn run(client: &Client, output: Output, command: TopicCommand) -> anyhow::Result<()> {
+    match command {
+        TopicCommand::Create { name, partitions, replication_factor } => {
+            let topic = client.create_topic(&name, partitions, replication_factor.unwrap_or(0)).await?;
+            match output {
+                Output::Json => print_json(&topic_json(&topic)),
+                Output::Table => print_text(&format!(
+                    "created topic {}: partitions {}, replication factor {}, id {}\n",
+                    topic.name, topic.partitions, topic.replication_factor, topic.id
+                )),
+            }
+        }
+        TopicCommand::List => {
+            let mut topics = client.list_topics().await?;
+            topics.sort_by(|a, b| a.name.cmp(&b.name));
+            match output {
+                Output::Json => print_json(&json!({ "topics": topics.iter().map(topic_json).collect::<Vec<_>>() })),
+                Output::Table => {
+                    let mut table = Table::new(vec!["TOPIC", "PARTITIONS", "REPLICATION FACTOR", "ID", "CREATED"]);
+                    for topic in &topics {
+                        table.row(vec![
+                            topic.name.clone(),
+                            topic.partitions.to_string(),
+                            topic.replication_factor.to_string(),
+                            topic.id.to_string(),
+                            utc(topic.created_at_ms),
+                        ]);
+                    }
+                    print_text(&table.render())
+                }
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let description = client.describe_topic(&name).await?;
+            match output {
+                Output::Json => print_json(&describe_json(&description)),
+                Output::Table => print_text(&describe_table(&description)),
+            }
+        }
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            match output {
+                Output::Json => print_json(&json!({ "deleted": name })),
+                Output::Table => print_text(&format!("deleted topic {name}\n")),
+            }
+        }
+    }
+}
+
+fn topic_json(topic: &v1::Topic) -> Value {
+    json!({
+        "name": topic.name,
+        "id": topic.id,
+        "partitions": topic.partitions,
+        "replication_factor": topic.replication_factor,
+        "created_at_ms": topic.created_at_ms,
+    })
+}
+
+fn describe_json(description: &v1::DescribeTopicResponse) -> Value {
+    let partitions: Vec<Value> = sorted_partitions(description)
+        .into_iter()
+        .map(|p| {
+            let replica_states: Vec<Value> = p
+                .replica_states
+                .iter()
+                .map(|r| {
+                    json!({
+                        "node_id": r.node_id,
+                        "reachable": r.reachable,
+                        "is_leader": r.is_leader,
+                        "term": r.term,
+                        "log_end_offset": r.log_end_offset,
+                        "applied_index": r.applied_index,
+                    })
+                })
+                .collect();
+            json!({
+                "partition": p.partition,
+                "group_id": p.group_id,
+                "leader_id": (p.leader_id != 0).then_some(p.leader_id),
+                "replicas": p.replicas,
+                "log_start_offset": p.log_start_offset,
+                "high_watermark": p.high_watermark,
+                "replica_states": replica_states,
+            })
+        })
+        .collect();
+    json!({
+        "topic": description.topic.as_ref().map(topic_json),
+        "partitions": partitions,
+    })
+}
+
+/// One row per replica; the partition's own columns fill only its first row, so replicas of a
+/// partition sit together and their end offsets line up for comparison.
+fn describe_table(description: &v1::DescribeTopicResponse) -> String {
+    let mut text = String::new();
+    if let Some(topic) = &description.topic {
+        text.push_str(&format!(
+            "topic {}: id {}, partitions {}, replication factor {}, created {}\n\n",
+            topic.name,
+            topic.id,
+            topic.partitions,
+            topic.replication_factor,
+            utc(topic.created_at_ms)
+        ));
+    }
+    let mut table = Table::new(vec![
+        "PARTITION",
+        "LEADER",
+        "REPLICAS",
+        "LOG START",
+        "HIGH WATERMARK",
+        "REPLICA",
+        "REACHABLE",
+        "ROLE",
+        "TERM",
+        "LOG END",
+        "APPLIED INDEX",
+    ]);
+    for partition in sorted_partitions(description) {
+        let partition_cells = vec![
+            partition.partition.to_string(),
+            match partition.leader_id {
+                0 => "none".to_string(),
+                id => id.to_string(),
+            },
+            partition.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+            partition.log_start_offset.to_string(),
+            partition.high_watermark.to_string(),
+        ];
+        if partition.replica_states.is_empty() {
+            table.row(partition_cells);
+            continue;
+        }
+        for (i, replica) in partition.replica_states.iter().enumerate() {
+            let mut cells = if i == 0 { partition_cells.clone() } else { vec![String::new(); partition_cells.len()] };
+            cells.push(replica.node_id.to_string());
+            cells.push(yes_no(replica.reachable));
+            if replica.reachable {
+                cells.push(if replica.is_leader { "leader" } else { "follower" }.to_string());
+                cells.push(replica.term.to_string());
+                cells.push(replica.log_end_offset.to_string());
+                cells.push(replica.applied_index.to_string());
+            } else {
+                cells.extend(["-", "-", "-", "-"].map(String::from));
+            }
+            table.row(cells);
+        }
+    }
+    text.push_str(&table.render());
+    text
+}
+
+fn sorted_partitions(description: &v1::DescribeTopicResponse) -> Vec<&v1::PartitionDescription> {
+    let mut partitions: Vec<&v1::PartitionDescription> = description.partitions.iter().collect();
+    partitions.sort_by_key(|p| p.partition);
+    partitions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_lists_every_replica_under_its_partition() {
+        let replica = |node_id: u64, is_leader: bool, reachable: bool| v1::ReplicaState {
+            node_id,
+            reachable,
+            is_leader,
+            term: if reachable { 2 } else { 0 },
+            log_end_offset: if reachable { 120 } else { 0 },
+            applied_index: if reachable { 130 } else { 0 },
+        };
+        let description = v1::DescribeTopicResponse {
+            topic: Some(v1::Topic {
+                name: "orders".into(),
+                id: 7,
+                partitions: 1,
+                replication_factor: 3,
+                created_at_ms: 0,
+            }),
+            partitions: vec![v1::PartitionDescription {
+                partition: 0,
+                group_id: 1,
+                leader_id: 1,
+                replicas: vec![1, 2, 3],
+                log_start_offset: 0,
+                high_watermark: 120,
+                replica_states: vec![replica(1, true, true), replica(2, false, true), replica(3, false, false)],
+            }],
+        };
+        let text = describe_table(&description);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("topic orders: id 7, partitions 1,"), "{text}");
+        assert!(lines[3].starts_with("0 ") && lines[3].contains("leader") && lines[3].contains("120"), "{text}");
+        assert!(lines[4].trim_start().starts_with("2 ") && lines[4].contains("follower"), "{text}");
+        assert!(lines[5].trim_start().starts_with("3 ") && lines[5].contains(" no "), "{text}");
+        let json = describe_json(&description);
+        assert_eq!(json["partitions"][0]["replica_states"][2]["reachable"], false);
+        assert_eq!(json["topic"]["name"], "orders");
+    }
+}

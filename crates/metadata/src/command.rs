@@ -1,0 +1,59 @@
+//! Commands the metadata group applies, and their outcomes.
+
+use flotilla_types::{GroupId, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::TopicRecord;
+
+/// A change to the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// A node announces (or re-announces) its addresses.
+    RegisterNode { id: NodeId, peer_address: String, client_address: String },
+    /// Creates a topic; placement is computed during apply from the catalogue itself.
+    CreateTopic { name: String, partitions: u32, replication_factor: u32, created_at_ms: i64 },
+    /// Deletes a topic (its partitions' data goes with it).
+    DeleteTopic { name: String },
+    /// Partition leaders as nodes observed them; a hint is kept only if its term is newer.
+    ReportLeaders { reports: Vec<(GroupId, NodeId, u64)> },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    #[error("topic {name:?} already exists")]
+    TopicExists { name: String },
+    #[error("topic {name:?} does not exist")]
+    UnknownTopic { name: String },
+    #[error("replication factor {requested} is larger than the {nodes} registered nodes")]
+    ReplicationFactorTooLarge { requested: u32, nodes: u32 },
+    #[error("replication factor must be at least 1, got {requested}")]
+    InvalidReplicationFactor { requested: u32 },
+    #[error("partition count must be between 1 and {max}, got {requested}")]
+    InvalidPartitionCount { requested: u32, max: u32 },
+}
+
+/// The outcome of a command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    /// Applied; nothing to report (also the response to blank and membership entries).
+    #[default]
+    Done,
+    /// The topic as created.
+    TopicCreated(TopicRecord),
+    /// Nothing changed, for this reason.
+    Rejected(MetaError),
+}
+
+impl std::fmt::Display for MetaCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaCommand::RegisterNode { id, .. } => write!(f, "register node {id}"),
+            MetaCommand::CreateTopic { name, partitions, replication_factor, .. } => {
+                write!(f, "create topic {name:?} partitions={partitions} rf={replication_factor}")
+            }
+            MetaCommand::DeleteTopic { name } => write!(f, "delete topic {name:?}"),
+            MetaCommand::ReportLeaders { reports } => write!(f, "report {} leaders", reports.len()),
+        }
+    }
+}

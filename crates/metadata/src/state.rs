@@ -1,0 +1,228 @@
+//! `MetadataState`: the catalogue itself.
+
+use std::collections::BTreeMap;
+
+use flotilla_types::{GroupId, NodeId, PartitionId, TopicId};
+use serde::{Deserialize, Serialize};
+
+use crate::{MetaCommand, MetaError, MetaResponse, place_replicas};
+
+/// Partitions a topic may have at most (bounded by the group-id scheme and memory).
+pub const PARTITIONS_MAX: u32 = 10_000;
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub peer_address: String,
+    pub client_address: String,
+}
+
+/// A topic and its placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub id: TopicId,
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub created_at_ms: i64,
+    /// Replica set per partition; the first replica is the preferred leader.
+    pub replicas: Vec<Vec<NodeId>>,
+}
+
+impl TopicRecord {
+    /// The Raft group of `partition`.
+    pub fn group(&self, partition: PartitionId) -> GroupId {
+        GroupId::for_partition(self.id, partition)
+    }
+}
+
+/// Who leads a partition, as last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    pub node: NodeId,
+    pub term: u64,
+}
+
+/// The catalogue. Ordered maps only: snapshots must encode identically on every replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataState {
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    pub leaders: BTreeMap<GroupId, LeaderHint>,
+    /// Next topic id; ids are never reused.
+    pub next_topic_id: u64,
+}
+
+impl MetadataState {
+    /// Applies `command`.
+    pub fn apply(&mut self, command: MetaCommand) -> MetaResponse {
+        match command {
+            MetaCommand::RegisterNode { id, peer_address, client_address } => {
+                self.nodes.insert(id, NodeRecord { id, peer_address, client_address });
+                MetaResponse::Done
+            }
+            MetaCommand::CreateTopic { name, partitions, replication_factor, created_at_ms } => {
+                match self.create_topic(name, partitions, replication_factor, created_at_ms) {
+                    Ok(topic) => MetaResponse::TopicCreated(topic),
+                    Err(err) => MetaResponse::Rejected(err),
+                }
+            }
+            MetaCommand::DeleteTopic { name } => match self.topics.remove(&name) {
+                Some(topic) => {
+                    for partition in 0..topic.partitions {
+                        self.leaders.remove(&topic.group(partition));
+                    }
+                    MetaResponse::Done
+                }
+                None => MetaResponse::Rejected(MetaError::UnknownTopic { name }),
+            },
+            MetaCommand::ReportLeaders { reports } => {
+                for (group, node, term) in reports {
+                    // Only for partitions that still exist, and never back to an older term.
+                    if !self.group_exists(group) {
+                        continue;
+                    }
+                    let newer = self.leaders.get(&group).is_none_or(|hint| term >= hint.term);
+                    if newer {
+                        self.leaders.insert(group, LeaderHint { node, term });
+                    }
+                }
+                MetaResponse::Done
+            }
+        }
+    }
+
+    /// Checks a topic creation without applying it (for early, friendly errors; apply checks
+    /// again because the catalogue may change in between).
+    pub fn check_create_topic(&self, name: &str, partitions: u32, replication_factor: u32) -> Result<(), MetaError> {
+        if self.topics.contains_key(name) {
+            return Err(MetaError::TopicExists { name: name.to_string() });
+        }
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(MetaError::InvalidPartitionCount { requested: partitions, max: PARTITIONS_MAX });
+        }
+        if replication_factor == 0 {
+            return Err(MetaError::InvalidReplicationFactor { requested: replication_factor });
+        }
+        let nodes = self.nodes.len() as u32;
+        if replication_factor > nodes {
+            return Err(MetaError::ReplicationFactorTooLarge { requested: replication_factor, nodes });
+        }
+        Ok(())
+    }
+
+    fn create_topic(
+        &mut self,
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        created_at_ms: i64,
+    ) -> Result<TopicRecord, MetaError> {
+        self.check_create_topic(&name, partitions, replication_factor)?;
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for topic in self.topics.values() {
+            for replicas in &topic.replicas {
+                for node in replicas {
+                    *load.entry(*node).or_default() += 1;
+                }
+            }
+        }
+        self.next_topic_id += 1;
+        let id = TopicId(self.next_topic_id);
+        let replicas = place_replicas(&nodes, &load, partitions, replication_factor, id.0);
+        let topic = TopicRecord { id, name: name.clone(), partitions, replication_factor, created_at_ms, replicas };
+        self.topics.insert(name, topic.clone());
+        Ok(topic)
+    }
+
+    fn group_exists(&self, group: GroupId) -> bool {
+        match group.partition() {
+            Some((topic_id, partition)) => self.topics.values().any(|t| t.id == topic_id && partition < t.partitions),
+            None => false,
+        }
+    }
+
+    /// The topic with id `id`.
+    pub fn topic_by_id(&self, id: TopicId) -> Option<&TopicRecord> {
+        self.topics.values().find(|t| t.id == id)
+    }
+
+    /// Every partition group with its replica set.
+    pub fn partition_groups(&self) -> impl Iterator<Item = (GroupId, &TopicRecord, PartitionId, &[NodeId])> {
+        self.topics.values().flat_map(|topic| {
+            topic
+                .replicas
+                .iter()
+                .enumerate()
+                .map(move |(p, replicas)| (topic.group(p as PartitionId), topic, p as PartitionId, replicas.as_slice()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_nodes() -> MetadataState {
+        let mut state = MetadataState::default();
+        for id in 1..=3 {
+            state.apply(MetaCommand::RegisterNode {
+                id,
+                peer_address: format!("127.0.0.1:720{id}"),
+                client_address: format!("127.0.0.1:710{id}"),
+            });
+        }
+        state
+    }
+
+    #[test]
+    fn creates_and_deletes_topics_with_fresh_ids() {
+        let mut state = three_nodes();
+        let create = |partitions| MetaCommand::CreateTopic {
+            name: "orders".into(),
+            partitions,
+            replication_factor: 3,
+            created_at_ms: 1,
+        };
+        let MetaResponse::TopicCreated(first) = state.apply(create(3)) else { panic!("created") };
+        assert_eq!(first.replicas.len(), 3);
+        assert_eq!(state.apply(create(3)), MetaResponse::Rejected(MetaError::TopicExists { name: "orders".into() }));
+        assert_eq!(state.apply(MetaCommand::DeleteTopic { name: "orders".into() }), MetaResponse::Done);
+        let MetaResponse::TopicCreated(second) = state.apply(create(2)) else { panic!("created again") };
+        assert_ne!(first.id, second.id, "topic ids are never reused");
+    }
+
+    #[test]
+    fn refuses_replication_factor_above_node_count() {
+        let mut state = three_nodes();
+        let response = state.apply(MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 5,
+            created_at_ms: 0,
+        });
+        assert_eq!(response, MetaResponse::Rejected(MetaError::ReplicationFactorTooLarge { requested: 5, nodes: 3 }));
+    }
+
+    #[test]
+    fn leader_hints_never_go_back_in_term() {
+        let mut state = three_nodes();
+        let MetaResponse::TopicCreated(topic) = state.apply(MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 3,
+            created_at_ms: 0,
+        }) else {
+            panic!("created")
+        };
+        let group = topic.group(0);
+        state.apply(MetaCommand::ReportLeaders { reports: vec![(group, 2, 5)] });
+        state.apply(MetaCommand::ReportLeaders { reports: vec![(group, 1, 4)] });
+        assert_eq!(state.leaders[&group], LeaderHint { node: 2, term: 5 });
+        // Hints for groups that do not exist are ignored.
+        state.apply(MetaCommand::ReportLeaders { reports: vec![(GroupId(999_999), 1, 1)] });
+        assert!(!state.leaders.contains_key(&GroupId(999_999)));
+    }
+}

@@ -1,0 +1,122 @@
+//! `Meta`: this node's handle on the metadata group: the local catalogue, who leads, and
+//! proposing changes (locally when leader, forwarded to the leader otherwise).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_metadata::{MetaCommand, MetaConfig, MetaResponse, MetadataState, MetadataStateMachine};
+use flotilla_proto::raft::v1::propose_response;
+use flotilla_raft::openraft::Raft;
+use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
+use flotilla_raft::{NodeInfo, ProposeError, StateMachineStore, Transport, decode, encode};
+use flotilla_types::{ErrorCode, METADATA_GROUP, NodeId};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::api::ApiError;
+
+/// The metadata Raft handle.
+pub type MetaRaft = Raft<MetaConfig, StateMachineStore<MetaConfig, MetadataStateMachine>>;
+
+/// Pause between attempts while the metadata group has no reachable leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// This node's view of the metadata group.
+pub struct Meta {
+    node_id: NodeId,
+    raft: MetaRaft,
+    transport: Arc<Transport>,
+    catalogue: watch::Receiver<Arc<MetadataState>>,
+}
+
+impl Meta {
+    /// Wraps the metadata group's handle.
+    pub fn new(
+        node_id: NodeId,
+        raft: MetaRaft,
+        transport: Arc<Transport>,
+        catalogue: watch::Receiver<Arc<MetadataState>>,
+    ) -> Self {
+        Meta { node_id, raft, transport, catalogue }
+    }
+
+    /// The metadata Raft handle.
+    pub fn raft(&self) -> &MetaRaft {
+        &self.raft
+    }
+
+    /// The catalogue as this node has applied it (may trail the leader slightly).
+    pub fn catalogue(&self) -> Arc<MetadataState> {
+        Arc::clone(&self.catalogue.borrow())
+    }
+
+    /// A receiver that sees every new catalogue version.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetadataState>> {
+        self.catalogue.clone()
+    }
+
+    /// The metadata leader and its addresses, if known.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let info = metrics.membership_config.membership().get_node(&leader).cloned().unwrap_or_default();
+        // Prefer the registered client address: membership only knows peer addresses of
+        // the bootstrap voters.
+        let client_address = self.catalogue().nodes.get(&leader).map(|n| n.client_address.clone());
+        Some((leader, NodeInfo { client_address: client_address.unwrap_or(info.client_address), ..info }))
+    }
+
+    /// Applies `command` through the metadata leader, retrying leader changes until
+    /// `timeout` passes.
+    pub async fn propose(&self, command: MetaCommand, timeout: Duration) -> Result<MetaResponse, ApiError> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = ApiError::new(ErrorCode::Unavailable, "the metadata group has no leader");
+        while Instant::now() < deadline {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.node_id => self
+                    .raft
+                    .client_write(command.clone())
+                    .await
+                    .map(|response| response.data)
+                    .map_err(flotilla_raft::endpoint_propose_error::<MetaConfig>),
+                Some((leader, info)) => self.forward(leader, &info, &command, deadline).await,
+                None => Err(ProposeError::NotLeader { leader: None }),
+            };
+            match attempt {
+                Ok(response) => return Ok(response),
+                // The leader moved or is unknown: nothing was applied, try again.
+                Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Unavailable(_)) => {
+                    last_error = ApiError::new(ErrorCode::Unavailable, "the metadata group has no reachable leader");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(err) => return Err(ApiError::from_propose("the metadata group", err)),
+            }
+        }
+        last_error.message = format!("{} within {timeout:?}", last_error.message);
+        Err(last_error)
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        info: &NodeInfo,
+        command: &MetaCommand,
+        deadline: Instant,
+    ) -> Result<MetaResponse, ProposeError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let reply = self
+            .transport
+            .propose(leader, &info.peer_address, METADATA_GROUP, encode(command), remaining)
+            .await
+            .map_err(|err| ProposeError::Unavailable(err.to_string()))?;
+        match reply.result {
+            Some(propose_response::Result::Response(bytes)) => {
+                decode(&bytes).map_err(|err| ProposeError::Invalid(err.to_string()))
+            }
+            Some(propose_response::Result::Error(bytes)) => {
+                Err(decode(&bytes).unwrap_or_else(|err| ProposeError::Invalid(err.to_string())))
+            }
+            None => Err(ProposeError::Invalid("empty propose reply".into())),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! `Partitions`: the partition replicas this node hosts, kept in line with the catalogue's
+//! placement, and the reporter that tells the metadata group which replicas lead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_broker::{PartitionConfig, PartitionReader, PartitionStateMachine, PartitionWatermarks};
+use flotilla_metadata::{MetaCommand, MetadataState};
+use flotilla_raft::openraft::{Raft, ServerState};
+use flotilla_raft::{
+    GroupNetworkFactory, GroupRegistry, LogStore, NodeInfo, PurgeMode, RaftConfig, RaftEndpoint, StateMachineStore,
+    Transport, scoped,
+};
+use flotilla_storage::{Engine, Space, SyncHandle, WriteBatch, group_prefix_range};
+use flotilla_types::{GroupId, NodeId};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, watch};
+
+use crate::NodeError;
+use crate::meta::Meta;
+
+/// A partition group's Raft handle.
+pub type PartitionRaft = Raft<PartitionConfig, StateMachineStore<PartitionConfig, PartitionStateMachine>>;
+
+/// Leader reports queued before the reporter applies backpressure.
+const REPORT_QUEUE: usize = 4096;
+/// How long one leader report may take to commit before it is retried.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One local replica of a partition.
+pub struct Replica {
+    pub group: GroupId,
+    pub raft: PartitionRaft,
+    pub reader: PartitionReader,
+    pub watermarks: watch::Receiver<PartitionWatermarks>,
+}
+
+impl Replica {
+    /// The leader as this replica sees it, with its addresses.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader?;
+        let info = metrics.membership_config.membership().get_node(&leader).cloned()?;
+        Some((leader, info))
+    }
+
+    /// Whether this replica is the leader right now (by its own metrics).
+    pub fn is_leader(&self, node_id: NodeId) -> bool {
+        use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id)
+    }
+}
+
+/// Everything needed to start partition groups.
+pub struct Partitions {
+    node_id: NodeId,
+    engine: Arc<dyn Engine>,
+    syncer: SyncHandle,
+    transport: Arc<Transport>,
+    registry: Arc<GroupRegistry>,
+    raft_config: RaftConfig,
+    seed: u64,
+    replicas: RwLock<HashMap<GroupId, Arc<Replica>>>,
+    reports: mpsc::Sender<(GroupId, NodeId, u64)>,
+}
+
+impl Partitions {
+    /// The partition manager, and the receiver of leader reports for [`run_leader_reporter`].
+    #[allow(clippy::too_many_arguments, reason = "the composition root hands each shared part over once")]
+    pub fn new(
+        node_id: NodeId,
+        engine: Arc<dyn Engine>,
+        syncer: SyncHandle,
+        transport: Arc<Transport>,
+        registry: Arc<GroupRegistry>,
+        raft_config: RaftConfig,
+        seed: u64,
+    ) -> (Arc<Partitions>, mpsc::Receiver<(GroupId, NodeId, u64)>) {
+        let (reports, rx) = mpsc::channel(REPORT_QUEUE);
+        let partitions = Arc::new(Partitions {
+            node_id,
+            engine,
+            syncer,
+            transport,
+            registry,
+            raft_config,
+            seed,
+            replicas: RwLock::new(HashMap::new()),
+            reports,
+        });
+        (partitions, rx)
+    }
+
+    /// The local replica of `group`, if this node hosts one.
+    pub fn get(&self, group: GroupId) -> Option<Arc<Replica>> {
+        self.replicas.read().get(&group).cloned()
+    }
+
+    /// Every local replica.
+    pub fn all(&self) -> Vec<Arc<Replica>> {
+        let mut all: Vec<_> = self.replicas.read().values().cloned().collect();
+        all.sort_by_key(|r| r.group);
+        all
+    }
+
+    /// Starts replicas the catalogue places here and stops those of deleted topics.
+    pub async fn reconcile(&self, catalogue: &MetadataState) {
+        let mut wanted: BTreeMap<GroupId, BTreeMap<NodeId, NodeInfo>> = BTreeMap::new();
+        for (group, _, _, replicas) in catalogue.partition_groups() {
+            if !replicas.contains(&self.node_id) {
+                continue;
+            }
+            let members = replicas
+                .iter()
+                .map(|id| {
+                    let info = catalogue
+                        .nodes
+                        .get(id)
+                        .map(|n| NodeInfo {
+                            peer_address: n.peer_address.clone(),
+                            client_address: n.client_address.clone(),
+                        })
+                        .unwrap_or_default();
+                    (*id, info)
+                })
+                .collect();
+            wanted.insert(group, members);
+        }
+        let existing: Vec<GroupId> = self.replicas.read().keys().copied().collect();
+        for group in existing {
+            if !wanted.contains_key(&group) {
+                self.remove(group).await;
+            }
+        }
+        for (group, members) in wanted {
+            if self.get(group).is_some() {
+                continue;
+            }
+            match self.start(group, members).await {
+                Ok(replica) => {
+                    self.replicas.write().insert(group, replica);
+                }
+                Err(err) => tracing::error!(%group, error = %err, "starting partition replica failed"),
+            }
+        }
+    }
+
+    async fn start(&self, group: GroupId, members: BTreeMap<NodeId, NodeInfo>) -> Result<Arc<Replica>, NodeError> {
+        let storage = |err: std::io::Error| flotilla_raft::RaftGlueError::Start { group, message: err.to_string() };
+        let (state_machine, watermarks) =
+            PartitionStateMachine::open(group, Arc::clone(&self.engine)).map_err(storage)?;
+        let app = Arc::new(parking_lot::Mutex::new(state_machine));
+        let store = StateMachineStore::open(group, Arc::clone(&self.engine), app).map_err(storage)?;
+        let log = LogStore::new(group, Arc::clone(&self.engine), self.syncer.clone(), PurgeMode::KeepEntries);
+        let network = GroupNetworkFactory::new(group, Arc::clone(&self.transport));
+        let config = self.raft_config.partition(group)?;
+        let node_id = self.node_id;
+        let raft = scoped(group_seed(self.seed, group), Raft::new(node_id, config, network, log, store))
+            .await
+            .map_err(|err| flotilla_raft::RaftGlueError::Start { group, message: err.to_string() })?;
+        self.registry.insert(group, Arc::new(RaftEndpoint::new(raft.clone())));
+        // Every replica bootstraps the group with the same membership: the identical first
+        // entry on each is what makes that safe, and it means no single replica has to be
+        // up for the partition to come to life.
+        if !raft.is_initialized().await.unwrap_or(true) {
+            if let Err(err) = raft.initialize(members).await {
+                tracing::debug!(%group, error = %err, "partition already initialized");
+            }
+        }
+        tokio::spawn(report_leadership(node_id, group, raft.clone(), self.reports.clone()));
+        tracing::info!(%group, "partition replica started");
+        Ok(Arc::new(Replica { group, raft, reader: PartitionReader::new(group, Arc::clone(&self.engine)), watermarks }))
+    }
+
+    async fn remove(&self, group: GroupId) {
+        let Some(replica) = self.replicas.write().remove(&group) else { return };
+        self.registry.remove(group);
+        if let Err(err) = replica.raft.shutdown().await {
+            tracing::warn!(%group, error = %err, "stopping partition replica");
+        }
+        // Only an explicit topic delete gets here: the data goes with the topic.
+        let mut batch = WriteBatch::new();
+        for space in [Space::RaftLog, Space::RaftState, Space::StateMachine] {
+            let range = group_prefix_range(group.0, b"");
+            batch.delete_range(space, range.start, range.end);
+        }
+        if let Err(err) = self.engine.write(batch) {
+            tracing::error!(%group, error = %err, "deleting partition data");
+        }
+        tracing::info!(%group, "partition replica removed with its topic");
+    }
+
+    /// Stops every replica (graceful shutdown).
+    pub async fn shutdown(&self) {
+        for replica in self.all() {
+            let _ = replica.raft.shutdown().await;
+        }
+    }
+}
+
+/// openraft's RNG seed for `group`: distinct per group, fixed per node seed.
+fn group_seed(seed: u64, group: GroupId) -> u64 {
+    seed ^ group.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Watches one replica and queues a report each time it becomes leader in a new term.
+async fn report_leadership(
+    node_id: NodeId,
+    group: GroupId,
+    raft: PartitionRaft,
+    reports: mpsc::Sender<(GroupId, NodeId, u64)>,
+) {
+    use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
+    let mut metrics = raft.metrics();
+    let mut reported_term = None;
+    loop {
+        let report = {
+            let current = metrics.borrow_and_update();
+            let leading = current.state == ServerState::Leader && current.current_leader == Some(node_id);
+            (leading && reported_term != Some(current.current_term)).then_some(current.current_term)
+        };
+        if let Some(term) = report {
+            if reports.send((group, node_id, term)).await.is_err() {
+                return;
+            }
+            reported_term = Some(term);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Commits queued leader reports to the metadata group, many per proposal.
+pub async fn run_leader_reporter(meta: Arc<Meta>, mut rx: mpsc::Receiver<(GroupId, NodeId, u64)>) {
+    let mut pending: BTreeMap<GroupId, (NodeId, u64)> = BTreeMap::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some((group, node, term)) => {
+                    pending.insert(group, (node, term));
+                }
+                None => return,
+            }
+        }
+        while let Ok((group, node, term)) = rx.try_recv() {
+            pending.insert(group, (node, term));
+        }
+        let reports: Vec<_> = pending.iter().map(|(g, (n, t))| (*g, *n, *t)).collect();
+        match meta.propose(MetaCommand::ReportLeaders { reports }, REPORT_TIMEOUT).await {
+            Ok(_) => pending.clear(),
+            Err(err) => {
+                tracing::debug!(error = %err.message, "leader report not committed yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
