@@ -32,3 +32,6 @@ pub use transport::{Transport, TransportConfig};
 pub use type_config::{GroupConfig, Runtime, scoped};
 
 pub use openraft;
+
+#[cfg(test)]
+mod storage_suite;

@@ -98,6 +98,12 @@ impl<C: GroupConfig> RaftLogReader<C> for LogStore<C> {
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
         };
+        // With KeepEntries, purged entries are still stored (as records) but no longer part
+        // of the Raft log openraft sees.
+        let lo = match self.read_state::<LogIdOf<C>>(PURGED_KEY)? {
+            Some(purged) => lo.max(purged.index() + 1),
+            None => lo,
+        };
         if lo >= hi {
             return Ok(Vec::new());
         }
@@ -107,13 +113,18 @@ impl<C: GroupConfig> RaftLogReader<C> for LogStore<C> {
         let mut entries = Vec::with_capacity(rows.len());
         for (_, bytes) in rows {
             let entry: C::Entry = decode(&bytes)?;
-            // A hole would make openraft replicate a log that is not the one it wrote.
-            assert_eq!(
-                entry.index(),
-                lo + entries.len() as u64,
-                "group {} log has a hole reading [{lo}, {hi})",
-                self.group
-            );
+            // The range may start below the first retained entry, but what is returned must
+            // be consecutive: a hole would make openraft replicate a log it never wrote.
+            if let Some(previous) = entries.last() {
+                let previous: &C::Entry = previous;
+                assert_eq!(
+                    entry.index(),
+                    previous.index() + 1,
+                    "group {} log has a hole after index {} reading [{lo}, {hi})",
+                    self.group,
+                    previous.index()
+                );
+            }
             entries.push(entry);
         }
         Ok(entries)

@@ -122,8 +122,18 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let flags = Flags::parse();
+async fn main() -> std::process::ExitCode {
+    match serve(Flags::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line naming what was wrong, not a backtrace: this is what an operator reads.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(flags: Flags) -> anyhow::Result<()> {
     let file: FileConfig = match &flags.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading --config {}", path.display()))?;

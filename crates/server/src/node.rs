@@ -35,6 +35,8 @@ use crate::{NodeConfig, NodeError};
 const NODE_ID_KEY: &[u8] = b"node_id";
 /// Largest gRPC message a node accepts: a full produce batch plus framing.
 const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Concurrent requests one client connection may have in flight.
+const CLIENT_STREAMS_MAX: u32 = 8192;
 /// Bound on one registration attempt.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -189,6 +191,9 @@ pub async fn run(
     });
     tracing::info!(node_id, client = %config.client_address, peer = %config.peer_address, "node serving");
     let served = Server::builder()
+        // Clients pipeline many requests on one connection (the bench keeps 256 to 4096 in
+        // flight); hyper's default stream limit would queue them.
+        .max_concurrent_streams(Some(CLIENT_STREAMS_MAX))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

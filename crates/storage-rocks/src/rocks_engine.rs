@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use flotilla_storage::{Direction, Engine, Space, StorageError, WriteBatch, WriteOp};
+use flotilla_storage::{Direction, Engine, KeyValue, Space, StorageError, WriteBatch, WriteOp};
 use rocksdb::statistics::{StatsLevel, Ticker};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Options,
@@ -102,7 +102,7 @@ impl Engine for RocksEngine {
         range: Range<&[u8]>,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<KeyValue>, StorageError> {
         if range.start >= range.end || limit == 0 {
             return Ok(Vec::new());
         }
@@ -255,7 +255,7 @@ mod tests {
             .db
             .property_int_value_cf(cf, "rocksdb.live-blob-file-size")
             .expect("property")
-            .expect("blob files are enabled")
+            .expect("RocksDB knows the property")
     }
 
     #[test]
@@ -302,14 +302,18 @@ mod tests {
     fn delete_range_removes_exactly_one_groups_index_range() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = open(dir.path());
-        for group in [6u64, 7, 8] {
-            for index in 0..50u64 {
-                put(&engine, Space::RaftLog, entry_key(group, index), vec![group as u8; 300]);
+        // The first half of every group goes to SST and blob files, the second half stays in
+        // the memtable, so the range delete has to hide data in both.
+        for (half, indexes) in [(0, 0..25u64), (1, 25..50)] {
+            for group in [6u64, 7, 8] {
+                for index in indexes.clone() {
+                    put(&engine, Space::RaftLog, entry_key(group, index), vec![group as u8; 300]);
+                }
+            }
+            if half == 0 {
+                engine.db.flush_cf(engine.cf(Space::RaftLog).expect("cf")).expect("flush");
             }
         }
-        // Half of the entries go to SST and blob files first, so the range delete has to
-        // hide data both in the memtable and on disk.
-        engine.db.flush_cf(engine.cf(Space::RaftLog).expect("cf")).expect("flush");
         let purge = group_range(7, b"", 10, 40);
         let mut batch = WriteBatch::new();
         batch.delete_range(Space::RaftLog, purge.start, purge.end);
@@ -367,12 +371,16 @@ mod tests {
                 })
                 .collect::<Vec<u8>>()
         };
+        // Four groups append in each of four rounds, so every L0 file spans every group's
+        // keys and compaction must merge them (disjoint files would only be moved).
+        let per_round = entries / 16;
         for round in 0..4u64 {
-            for index in 0..entries / 4 {
-                put(&engine, Space::RaftLog, entry_key(round, index), random_value());
+            for group in 0..4u64 {
+                for index in round * per_round..(round + 1) * per_round {
+                    put(&engine, Space::RaftLog, entry_key(group, index), random_value());
+                }
             }
             engine.sync().expect("sync");
-            // Four L0 files reach the compaction trigger.
             engine.db.flush_cf(cf).expect("flush");
         }
         let before_compaction = engine.bytes_written().expect("RocksDB reports bytes written");

@@ -89,6 +89,14 @@ fn scans_respect_bounds_direction_and_limit(engine: &dyn Engine) {
     assert_eq!(indexes, vec![14, 13, 12], "reverse scan with limit 3");
     let empty = engine.scan(Space::RaftLog, &range.end[..]..&range.start[..], Direction::Forward, 10).expect("scan");
     assert!(empty.is_empty(), "inverted range scans nothing");
+    // An inverted delete range is a no-op, not an error that fails the whole batch.
+    let mut batch = WriteBatch::new();
+    batch.delete_range(Space::RaftLog, range.end.clone(), range.start.clone());
+    batch.put(Space::RaftLog, b"after-inverted".to_vec(), b"1".to_vec());
+    engine.write(batch).expect("a batch with an inverted delete range still applies");
+    assert_eq!(engine.get(Space::RaftLog, b"after-inverted").expect("get"), Some(b"1".to_vec()));
+    let still = engine.scan(Space::RaftLog, &range.start[..]..&range.end[..], Direction::Forward, 100).expect("scan");
+    assert_eq!(still.len(), 10, "inverted delete range removed nothing");
 }
 
 fn sync_succeeds_on_a_healthy_engine(engine: &dyn Engine) {

@@ -41,7 +41,7 @@ pub enum WriteOp {
     Put { space: Space, key: Vec<u8>, value: Vec<u8> },
     /// Remove `key` (absent keys are fine).
     Delete { space: Space, key: Vec<u8> },
-    /// Remove every key in `[start, end)`.
+    /// Remove every key in `[start, end)`; an empty or inverted range removes nothing.
     DeleteRange { space: Space, start: Vec<u8>, end: Vec<u8> },
 }
 
@@ -100,6 +100,9 @@ impl WriteBatch {
     }
 }
 
+/// A key and its value, as scans return them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Scan order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -134,7 +137,7 @@ pub trait Engine: Send + Sync + 'static {
         range: Range<&[u8]>,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    ) -> Result<Vec<KeyValue>, StorageError>;
 
     /// Whether `sync` blocks the calling thread on real I/O. Callers then run it on a
     /// blocking thread; the in-memory engine says `false` so simulations stay on one thread.

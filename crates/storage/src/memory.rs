@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use parking_lot::Mutex;
 
-use crate::{Direction, Engine, Space, StorageError, WriteBatch, WriteOp};
+use crate::{Direction, Engine, KeyValue, Space, StorageError, WriteBatch, WriteOp};
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -89,12 +89,13 @@ fn apply(trees: &mut BTreeMap<Space, Tree>, batch: WriteBatch) {
                 }
             }
             WriteOp::DeleteRange { space, start, end } => {
-                if let Some(tree) = trees.get_mut(&space) {
-                    if start < end {
-                        let doomed: Vec<Vec<u8>> = tree.range(start..end).map(|(k, _)| k.clone()).collect();
-                        for key in doomed {
-                            tree.remove(&key);
-                        }
+                // An empty or inverted range deletes nothing (the Engine contract).
+                if let Some(tree) = trees.get_mut(&space)
+                    && start < end
+                {
+                    let doomed: Vec<Vec<u8>> = tree.range(start..end).map(|(k, _)| k.clone()).collect();
+                    for key in doomed {
+                        tree.remove(&key);
                     }
                 }
             }
@@ -137,7 +138,7 @@ impl Engine for MemoryEngine {
         range: Range<&[u8]>,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<KeyValue>, StorageError> {
         let inner = self.inner.lock();
         let Some(tree) = inner.visible.get(&space) else {
             return Ok(Vec::new());
