@@ -70,7 +70,14 @@ pub async fn run(client: &Client, output: Output, args: ProduceArgs) -> anyhow::
     spawn_stdin_reader(key_mode, tx)?;
     let placement = match (args.partition, partitions) {
         (Some(partition), _) => Placement::Fixed(partition),
-        (None, Some(count)) => Placement::ByKey { count, sticky: rand::random::<u32>() % count.max(1) },
+        (None, Some(count)) => {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the CLI never runs under simulation; any start partition will do"
+            )]
+            let start = rand::random::<u32>();
+            Placement::ByKey { count, sticky: start % count.max(1) }
+        }
         (None, None) => Placement::Fixed(0),
     };
     let report = pipeline(client, Arc::from(args.topic.as_str()), placement, rx, output).await?;

@@ -99,10 +99,11 @@ impl Transport {
 
     fn peer(&self, target: NodeId, address: &str) -> Result<Arc<Peer>, SendError> {
         let mut peers = self.peers.lock();
-        if let Some(peer) = peers.get(&target) {
-            if peer.address == address && !peer.queue.is_closed() {
-                return Ok(Arc::clone(peer));
-            }
+        if let Some(peer) = peers.get(&target)
+            && peer.address == address
+            && !peer.queue.is_closed()
+        {
+            return Ok(Arc::clone(peer));
         }
         let channel = channel(address, &self.connector, &self.config.channel).map_err(|err| {
             SendError::Unreachable { node: target, message: format!("bad address {address:?}: {err}") }

@@ -12,7 +12,7 @@ mod node;
 mod partitions;
 mod peers;
 
-pub use config::{NodeConfig, parse_initial_cluster};
+pub use config::{FileConfig, NodeConfig, RocksFileConfig, parse_initial_cluster};
 pub use error::NodeError;
 pub use http::serve_http;
 pub use node::{NodeSeams, run};

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Parser;
 use flotilla_proto::net::{tcp_connector, tcp_incoming};
-use flotilla_raft::RaftConfig;
-use flotilla_server::{NodeConfig, NodeSeams, parse_initial_cluster, run, serve_http};
+use flotilla_server::{FileConfig, NodeConfig, NodeSeams, RocksFileConfig, parse_initial_cluster, run, serve_http};
 use flotilla_storage_rocks::{RocksConfig, RocksEngine};
-use flotilla_types::{Limits, SystemClock};
-use serde::Deserialize;
+use flotilla_types::SystemClock;
 
 /// A Flotilla node: a Raft-replicated log and message queue server.
 #[derive(Debug, Parser)]
@@ -46,46 +44,23 @@ struct Flags {
     log_level: Option<String>,
 }
 
-/// The TOML file, section by section (see deploy/config/flotilla.toml).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct FileConfig {
-    node_id: Option<u64>,
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    peer_listen: Option<String>,
-    http_listen: Option<String>,
-    initial_cluster: Option<String>,
-    log_format: Option<String>,
-    log_level: Option<String>,
-    raft: RaftConfig,
-    limits: Limits,
-    rocksdb: RocksFileConfig,
-}
-
-/// The `[rocksdb]` section; absent keys keep the engine's defaults.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RocksFileConfig {
-    write_buffer_bytes: Option<usize>,
-    block_cache_bytes: Option<usize>,
-    max_background_jobs: Option<u16>,
-    enable_blob_files: Option<bool>,
-    min_blob_bytes: Option<u64>,
-}
-
-impl RocksFileConfig {
-    fn into_config(self) -> RocksConfig {
-        let defaults = RocksConfig::default();
-        RocksConfig {
-            write_buffer_bytes: self.write_buffer_bytes.unwrap_or(defaults.write_buffer_bytes),
-            block_cache_bytes: self.block_cache_bytes.unwrap_or(defaults.block_cache_bytes),
-            max_background_jobs: self.max_background_jobs.unwrap_or(defaults.max_background_jobs),
-            enable_blob_files: self.enable_blob_files.unwrap_or(defaults.enable_blob_files),
-            min_blob_bytes: self.min_blob_bytes.unwrap_or(defaults.min_blob_bytes),
-            ..defaults
-        }
+fn rocks_config(file: RocksFileConfig) -> RocksConfig {
+    let defaults = RocksConfig::default();
+    RocksConfig {
+        write_buffer_bytes: file.write_buffer_bytes.unwrap_or(defaults.write_buffer_bytes),
+        block_cache_bytes: file.block_cache_bytes.unwrap_or(defaults.block_cache_bytes),
+        max_background_jobs: file.max_background_jobs.unwrap_or(defaults.max_background_jobs),
+        enable_blob_files: file.enable_blob_files.unwrap_or(defaults.enable_blob_files),
+        min_blob_bytes: file.min_blob_bytes.unwrap_or(defaults.min_blob_bytes),
+        enable_blob_gc: file.enable_blob_gc.unwrap_or(defaults.enable_blob_gc),
+        compress_blobs: file.compress_blobs.unwrap_or(defaults.compress_blobs),
     }
+}
+
+/// A fresh seed for openraft's election-timeout RNG: production wants nodes to differ.
+#[allow(clippy::disallowed_methods, reason = "the production binary seeds from the OS; simulations pass fixed seeds")]
+fn os_seed() -> u64 {
+    rand::random()
 }
 
 fn init_tracing(format: &str, level: &str) -> anyhow::Result<()> {
@@ -166,7 +141,7 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     .validate()?;
 
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating --data-dir {}", data_dir.display()))?;
-    let engine = RocksEngine::open(&data_dir.join("db"), file.rocksdb.into_config())
+    let engine = RocksEngine::open(&data_dir.join("db"), rocks_config(file.rocksdb))
         .with_context(|| format!("opening RocksDB in {}", data_dir.display()))?;
     let client_listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding --listen {listen}"))?;
@@ -185,7 +160,7 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
         client_incoming: tcp_incoming(client_listener),
         peer_incoming: tcp_incoming(peer_listener),
         clock: Arc::new(SystemClock),
-        seed: rand::random(),
+        seed: os_seed(),
         on_metrics: http_listener.map(|listener| {
             Box::new(move |metrics| {
                 tokio::spawn(serve_http(listener, metrics));
@@ -196,4 +171,16 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     run(config, seams, shutdown_signal()).await?;
     tracing::info!(node_id, "stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_config_rocksdb_section_matches_engine_defaults() {
+        let text = include_str!("../../../deploy/config/flotilla.toml");
+        let file: FileConfig = toml::from_str(text).expect("deploy/config/flotilla.toml parses");
+        assert_eq!(rocks_config(file.rocksdb), RocksConfig::default());
+    }
 }

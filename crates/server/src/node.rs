@@ -150,15 +150,16 @@ pub async fn run(
         config.raft.clone(),
         seed,
     );
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(reconcile_partitions(Arc::clone(&meta), Arc::clone(&partitions))));
-    tasks.push(tokio::spawn(run_leader_reporter(Arc::clone(&meta), reports)));
-    tasks.push(tokio::spawn(register_node(
-        Arc::clone(&meta),
-        node_id,
-        config.peer_address.clone(),
-        config.client_address.clone(),
-    )));
+    let tasks = vec![
+        tokio::spawn(reconcile_partitions(Arc::clone(&meta), Arc::clone(&partitions))),
+        tokio::spawn(run_leader_reporter(Arc::clone(&meta), reports)),
+        tokio::spawn(register_node(
+            Arc::clone(&meta),
+            node_id,
+            config.peer_address.clone(),
+            config.client_address.clone(),
+        )),
+    ];
 
     let state = Arc::new(NodeState {
         node_id,

@@ -167,10 +167,10 @@ impl Partitions {
         // Every replica bootstraps the group with the same membership: the identical first
         // entry on each is what makes that safe, and it means no single replica has to be
         // up for the partition to come to life.
-        if !raft.is_initialized().await.unwrap_or(true) {
-            if let Err(err) = raft.initialize(members).await {
-                tracing::debug!(%group, error = %err, "partition already initialized");
-            }
+        if !raft.is_initialized().await.unwrap_or(true)
+            && let Err(err) = raft.initialize(members).await
+        {
+            tracing::debug!(%group, error = %err, "partition already initialized");
         }
         tokio::spawn(report_leadership(node_id, group, raft.clone(), self.reports.clone()));
         tracing::info!(%group, "partition replica started");

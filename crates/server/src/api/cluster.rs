@@ -68,16 +68,17 @@ impl ClusterService for ClusterApi {
         let leader = metrics.current_leader;
         // Liveness is judged by the metadata leader from Raft acknowledgements; other nodes
         // ask it.
-        if leader.is_some() && leader != Some(state.node_id) && !is_forwarded {
-            if let Some((_, info)) = state.meta.leader() {
-                if !info.client_address.is_empty() {
-                    let channel = state.peers.channel(&info.client_address)?;
-                    if let Ok(response) =
-                        ClusterServiceClient::new(channel).status(forwarded(StatusRequest {}, FORWARD_TIMEOUT)).await
-                    {
-                        return Ok(response);
-                    }
-                }
+        if leader.is_some()
+            && leader != Some(state.node_id)
+            && !is_forwarded
+            && let Some((_, info)) = state.meta.leader()
+            && !info.client_address.is_empty()
+        {
+            let channel = state.peers.channel(&info.client_address)?;
+            if let Ok(response) =
+                ClusterServiceClient::new(channel).status(forwarded(StatusRequest {}, FORWARD_TIMEOUT)).await
+            {
+                return Ok(response);
             }
         }
         let leading = leader == Some(state.node_id) && metrics.state == ServerState::Leader;

@@ -80,10 +80,10 @@ impl NodeState {
 
     /// The leader of `group`: the local replica's view, else the catalogue's hint.
     pub fn leader_of(&self, group: GroupId) -> Option<(NodeId, NodeInfo)> {
-        if let Some(replica) = self.partitions.get(group) {
-            if let Some(leader) = replica.leader() {
-                return Some(leader);
-            }
+        if let Some(replica) = self.partitions.get(group)
+            && let Some(leader) = replica.leader()
+        {
+            return Some(leader);
         }
         let catalogue = self.meta.catalogue();
         let hint = catalogue.leaders.get(&group)?;

@@ -135,25 +135,25 @@ async fn append(
     let what = format!("partition {partition} of topic {:?}", topic.name);
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
-        if let Some(replica) = state.partitions.get(group) {
-            if replica.is_leader(state.node_id) {
-                let command = PartitionCommand::Append { records: records.clone(), timestamp_ms: state.clock.now_ms() };
-                match replica.raft.client_write(command).await {
-                    Ok(response) => match response.data {
-                        PartitionResponse::Appended { base_offset, .. } => return Ok(base_offset),
-                        PartitionResponse::Done => {
-                            return Err(ApiError::new(
-                                ErrorCode::Internal,
-                                format!("{what}: append applied without offsets"),
-                            ));
-                        }
-                    },
-                    Err(err) => match flotilla_raft::endpoint_propose_error(err) {
-                        // Lost leadership before appending: nothing was written, try again.
-                        ProposeError::NotLeader { .. } => {}
-                        other => return Err(ApiError::from_propose(&what, other)),
-                    },
-                }
+        if let Some(replica) = state.partitions.get(group)
+            && replica.is_leader(state.node_id)
+        {
+            let command = PartitionCommand::Append { records: records.clone(), timestamp_ms: state.clock.now_ms() };
+            match replica.raft.client_write(command).await {
+                Ok(response) => match response.data {
+                    PartitionResponse::Appended { base_offset, .. } => return Ok(base_offset),
+                    PartitionResponse::Done => {
+                        return Err(ApiError::new(
+                            ErrorCode::Internal,
+                            format!("{what}: append applied without offsets"),
+                        ));
+                    }
+                },
+                Err(err) => match flotilla_raft::endpoint_propose_error(err) {
+                    // Lost leadership before appending: nothing was written, try again.
+                    ProposeError::NotLeader { .. } => {}
+                    other => return Err(ApiError::from_propose(&what, other)),
+                },
             }
         }
         match state.leader_of(group) {
