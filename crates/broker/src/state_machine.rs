@@ -5,33 +5,19 @@ use std::io;
 use std::sync::Arc;
 
 use flotilla_raft::openraft;
-use flotilla_raft::{GroupStateMachine, NodeInfo, Persistence, Runtime, decode, encode};
+use flotilla_raft::{GroupStateMachine, Persistence, decode, encode};
 use flotilla_storage::{Direction, Engine, Space, WriteBatch, group_key, group_prefix_range};
 use flotilla_types::GroupId;
-use openraft::EntryPayload;
 use openraft::alias::LogIdOf;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{PartitionCommand, PartitionResponse};
 
-openraft::declare_raft_types!(
+flotilla_raft::declare_group_config!(
     /// openraft types of partition groups.
-    pub PartitionConfig:
-        D = PartitionCommand,
-        R = PartitionResponse,
-        NodeId = u64,
-        Node = NodeInfo,
-        Term = u64,
-        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
-        AsyncRuntime = Runtime,
+    pub PartitionConfig: PartitionCommand => PartitionResponse
 );
-
-impl flotilla_raft::GroupConfig for PartitionConfig {
-    fn into_payload(entry: Self::Entry) -> EntryPayload<PartitionCommand, u64, NodeInfo> {
-        entry.payload
-    }
-}
 
 /// Prefix of index keys: `group ++ INDEX_PREFIX ++ base_offset (BE)` → [`IndexEntry`].
 pub(crate) const INDEX_PREFIX: &[u8] = b"o";

@@ -4,31 +4,17 @@ use std::io;
 use std::sync::Arc;
 
 use flotilla_raft::openraft;
-use flotilla_raft::{GroupStateMachine, NodeInfo, Persistence, Runtime, decode, encode};
+use flotilla_raft::{GroupStateMachine, Persistence, decode, encode};
 use flotilla_storage::WriteBatch;
-use openraft::EntryPayload;
 use openraft::alias::LogIdOf;
 use tokio::sync::watch;
 
 use crate::{MetaCommand, MetaResponse, MetadataState};
 
-openraft::declare_raft_types!(
+flotilla_raft::declare_group_config!(
     /// openraft types of the metadata group.
-    pub MetaConfig:
-        D = MetaCommand,
-        R = MetaResponse,
-        NodeId = u64,
-        Node = NodeInfo,
-        Term = u64,
-        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
-        AsyncRuntime = Runtime,
+    pub MetaConfig: MetaCommand => MetaResponse
 );
-
-impl flotilla_raft::GroupConfig for MetaConfig {
-    fn into_payload(entry: Self::Entry) -> EntryPayload<MetaCommand, u64, NodeInfo> {
-        entry.payload
-    }
-}
 
 /// The catalogue plus a watch that ticks on every change, so the node can reconcile its
 /// local partition replicas with the placement.

@@ -6,16 +6,13 @@ use std::sync::Arc;
 
 use flotilla_storage::{Engine, MemoryEngine, Syncer, WriteBatch};
 use flotilla_types::GroupId;
+use openraft::StorageError;
 use openraft::alias::LogIdOf;
 use openraft::error::ErrorSource;
 use openraft::testing::log::{StoreBuilder, Suite};
-use openraft::{EntryPayload, StorageError};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    GroupConfig, GroupStateMachine, LogStore, NodeInfo, Persistence, PurgeMode, Runtime, StateMachineStore, decode,
-    encode, scoped,
-};
+use crate::{GroupStateMachine, LogStore, Persistence, PurgeMode, StateMachineStore, decode, encode, scoped};
 
 /// A command of the test application.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,22 +24,7 @@ impl std::fmt::Display for Put {
     }
 }
 
-openraft::declare_raft_types!(
-    TestConfig:
-        D = Put,
-        R = u64,
-        NodeId = u64,
-        Node = NodeInfo,
-        Term = u64,
-        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
-        AsyncRuntime = Runtime,
-);
-
-impl GroupConfig for TestConfig {
-    fn into_payload(entry: Self::Entry) -> EntryPayload<Put, u64, NodeInfo> {
-        entry.payload
-    }
-}
+crate::declare_group_config!(TestConfig: Put => u64);
 
 /// Sums what is put into it.
 struct Sum {

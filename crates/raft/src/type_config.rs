@@ -27,3 +27,38 @@ pub trait GroupConfig:
 pub fn scoped<F: Future>(seed: u64, future: F) -> impl Future<Output = F::Output> {
     Runtime::scope(seed, future)
 }
+
+/// Declares the openraft type configuration of one application's groups, with the types
+/// every group on a node shares (`u64` ids and terms, [`NodeInfo`], the deterministic
+/// [`Runtime`], one leader per term), and implements [`GroupConfig`] for it.
+///
+/// ```ignore
+/// flotilla_raft::declare_group_config!(
+///     /// openraft types of partition groups.
+///     pub PartitionConfig: PartitionCommand => PartitionResponse
+/// );
+/// ```
+#[macro_export]
+macro_rules! declare_group_config {
+    ($(#[$meta:meta])* $visibility:vis $name:ident: $command:ty => $response:ty) => {
+        $crate::openraft::declare_raft_types!(
+            $(#[$meta])*
+            $visibility $name:
+                D = $command,
+                R = $response,
+                NodeId = u64,
+                Node = $crate::NodeInfo,
+                Term = u64,
+                LeaderId = $crate::openraft::impls::leader_id_std::LeaderId<u64, u64>,
+                AsyncRuntime = $crate::Runtime,
+        );
+
+        impl $crate::GroupConfig for $name {
+            fn into_payload(
+                entry: Self::Entry,
+            ) -> $crate::openraft::EntryPayload<$command, u64, $crate::NodeInfo> {
+                entry.payload
+            }
+        }
+    };
+}
