@@ -55,6 +55,12 @@ impl Meta {
         self.catalogue.clone()
     }
 
+    /// Nodes in the metadata group's membership (voters and learners): every node of the
+    /// cluster, registered or not yet.
+    pub fn member_count(&self) -> usize {
+        self.raft.metrics().borrow_watched().membership_config.membership().nodes().count()
+    }
+
     /// The metadata leader and its addresses, if known.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let metrics = self.raft.metrics().borrow_watched().clone();

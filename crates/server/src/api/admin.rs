@@ -75,6 +75,13 @@ impl AdminService for AdminApi {
             })
             .into());
         }
+        // Right after a cluster starts, members may not have registered their addresses yet;
+        // give them a moment rather than refuse (or under-replicate) the topic.
+        let members = state.meta.member_count();
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        while state.meta.catalogue().nodes.len() < members && Instant::now() < deadline {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
         let catalogue = state.meta.catalogue();
         let nodes = catalogue.nodes.len() as u32;
         let replication_factor = match request.replication_factor {

@@ -180,11 +180,16 @@ async fn append(
                         });
                     }
                     Err(status) => {
-                        let err = from_status(&status);
-                        let retry = matches!(err.code, ErrorCode::NotLeader | ErrorCode::LeaderUnavailable)
-                            || (status.code() == tonic::Code::Unavailable && err.code == ErrorCode::Unavailable);
-                        if !retry || Instant::now() >= deadline {
-                            return Err(err);
+                        // Retry only when the records were certainly not appended: the leader
+                        // said it does not lead, or the connection was never made. After any
+                        // other failure (a reset mid-request, a timeout) the append may have
+                        // happened, and a retry here would store the records twice.
+                        let wire = flotilla_proto::error::WireError::from_status(&status);
+                        let not_appended =
+                            matches!(wire.code, Some(ErrorCode::NotLeader | ErrorCode::LeaderUnavailable))
+                                || (wire.code.is_none() && never_connected(&status));
+                        if !not_appended || Instant::now() >= deadline {
+                            return Err(from_status(&status));
                         }
                     }
                 }
@@ -199,6 +204,20 @@ async fn append(
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
+}
+
+/// Whether a transport failure happened before the request reached the peer.
+fn never_connected(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    status.message().contains("Connection refused")
 }
 
 fn forwarded_request(message: ProduceRequest) -> Request<ProduceRequest> {
