@@ -107,5 +107,11 @@ fn the_checker_catches_a_disk_that_acknowledges_before_it_syncs() {
         run.stderr,
         replay(SEED, &flags)
     );
-    assert!(run.stdout.contains(" lost write"), "{}", run.stdout);
+    // Lost records show up either as acknowledged values missing from the log or, once
+    // later writes reuse their offsets, as one offset acknowledged for two values.
+    assert!(
+        run.stdout.contains(" lost write") || run.stdout.contains(" offset conflict"),
+        "the violations name the lost data:\n{}",
+        run.stdout
+    );
 }
