@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_proto::raft::v1::MessageKind;
 use flotilla_types::{GroupId, NodeId};
@@ -21,11 +22,18 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 
-use crate::transport::SendError;
+use crate::transport::{Lane, SendError};
 use crate::{GroupConfig, NodeInfo, Transport, decode, encode};
 
 /// Appends of one group to one follower that may be in flight at once.
 const APPEND_PIPELINE_DEPTH: usize = 8;
+
+/// Least time an append carrying entries gets. openraft's TTL for the replication stream is
+/// the heartbeat interval (150 ms); an append also waits for the follower's fsync and its
+/// lane, and under load that takes longer. Cutting it off then makes openraft back off and
+/// stall replication for far longer than the append would have taken — and every abandoned
+/// call resets an HTTP/2 stream, which in bulk makes the peer close the connection.
+const APPEND_DEADLINE_MIN: Duration = Duration::from_secs(2);
 
 /// Creates openraft network clients for one group.
 pub struct GroupNetworkFactory<C: GroupConfig> {
@@ -56,8 +64,17 @@ impl<C: GroupConfig> RaftNetworkFactory<C> for GroupNetworkFactory<C> {
             target,
             address: node.peer_address.clone(),
             transport: Arc::clone(&self.transport),
+            appends: Lane::Ordered,
             _config: PhantomData,
         }
+    }
+
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        // Heartbeats need no ordering with appends; on the control lane they never wait
+        // behind a batch that waits for a follower's fsync.
+        let mut client = self.new_client(target, node).await;
+        client.appends = Lane::Control;
+        client
     }
 }
 
@@ -67,7 +84,15 @@ pub struct GroupClient<C: GroupConfig> {
     target: NodeId,
     address: String,
     transport: Arc<Transport>,
+    /// The lane this client's appends take: ordered for replication, control for heartbeats.
+    appends: Lane,
     _config: PhantomData<C>,
+}
+
+/// How long an append may take: at least [`APPEND_DEADLINE_MIN`]. Heartbeats stay bounded
+/// by openraft's own timeout around them (the heartbeat interval), which drops the call.
+fn append_deadline<C: GroupConfig>(_request: &AppendEntriesRequest<C>, option: &RPCOption) -> Duration {
+    option.soft_ttl().max(APPEND_DEADLINE_MIN)
 }
 
 fn to_rpc_error<C: GroupConfig>(err: SendError) -> RPCError<C> {
@@ -79,13 +104,13 @@ impl<C: GroupConfig> GroupClient<C> {
         &self,
         kind: MessageKind,
         request: &Req,
-        option: &RPCOption,
+        timeout: Duration,
     ) -> Result<Resp, RPCError<C>> {
-        // The soft TTL leaves openraft time to act on our error before its hard deadline.
         let payload = encode(request);
+        let lane = if kind == MessageKind::Append { self.appends } else { Lane::Control };
         let reply = self
             .transport
-            .call(self.target, &self.address, self.group, kind, payload, option.soft_ttl())
+            .call(self.target, &self.address, self.group, lane, kind, payload, timeout)
             .await
             .map_err(to_rpc_error::<C>)?;
         decode(&reply).map_err(|err| RPCError::Unreachable(Unreachable::new(&err)))
@@ -100,7 +125,7 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.call(MessageKind::Append, &rpc, &option).await
+        self.call(MessageKind::Append, &rpc, append_deadline(&rpc, &option)).await
     }
 
     fn stream_append<'s, S>(
@@ -124,7 +149,7 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
                     let option = option.clone();
                     async move {
                         let response: AppendEntriesResponse<C> =
-                            this.call(MessageKind::Append, &request, &option).await?;
+                            this.call(MessageKind::Append, &request, append_deadline(&request, &option)).await?;
                         Ok::<_, RPCError<C>>((response, prev, last))
                     }
                 })
@@ -157,11 +182,11 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.call(MessageKind::Vote, &rpc, &option).await
+        self.call(MessageKind::Vote, &rpc, option.soft_ttl()).await
     }
 
     async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.call(MessageKind::PreVote, &rpc, &option).await
+        self.call(MessageKind::PreVote, &rpc, option.soft_ttl()).await
     }
 
     async fn full_snapshot(
@@ -194,6 +219,6 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
         req: TransferLeaderRequest<C>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
-        self.call(MessageKind::TransferLeader, &req, &option).await
+        self.call(MessageKind::TransferLeader, &req, option.soft_ttl()).await
     }
 }

@@ -1,8 +1,12 @@
 //! `Transport`: the sending side of node-to-node Raft traffic. Messages of every group bound
-//! for one peer queue on that peer's sender task, which ships whatever has queued as one
-//! `Batch` RPC. One batch is in flight per peer at a time: that keeps each group's messages
-//! in order end to end (the receiver handles a batch before answering it), and everything
-//! that queues during a round trip leaves together in the next one.
+//! for one peer queue on one of that peer's lanes, and each lane's sender task ships
+//! whatever has queued as one `Batch` RPC. A lane has one batch in flight at a time and a
+//! group always uses the same lane: that keeps each group's messages in order end to end
+//! (the receiver handles a batch before answering it), and everything that queues during a
+//! round trip leaves together in the next one. Several lanes per peer run in parallel, so one
+//! slow batch (a follower's fsync) does not hold up every other group; the metadata group has
+//! a lane of its own, and heartbeats and votes — which need no ordering with appends — go on
+//! a control lane that never waits behind a disk.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use flotilla_proto::raft::v1::{
     BatchRequest, GroupMessage, MessageKind, ProposeRequest, ProposeResponse, SnapshotChunk, group_reply,
     raft_transport_client::RaftTransportClient,
 };
-use flotilla_types::{GroupId, NodeId};
+use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -35,6 +39,9 @@ pub struct TransportConfig {
     pub batch_timeout: Duration,
     /// Size of one snapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Ordered lanes per peer for partition groups, each with one batch in flight (at least
+    /// 1), on top of the control lane and the metadata lane.
+    pub partition_lanes_per_peer: usize,
 }
 
 impl Default for TransportConfig {
@@ -46,6 +53,7 @@ impl Default for TransportConfig {
             queue_capacity: 16_384,
             batch_timeout: Duration::from_secs(3),
             snapshot_chunk_bytes: 1024 * 1024,
+            partition_lanes_per_peer: 4,
         }
     }
 }
@@ -66,10 +74,35 @@ struct Outgoing {
     reply: oneshot::Sender<Result<Bytes, SendError>>,
 }
 
+/// Which lane a message takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Heartbeats and votes: unordered, never behind an append.
+    Control,
+    /// Appends: in order with every other ordered message of the group.
+    Ordered,
+}
+
+/// Lanes that are not for ordered partition traffic: control (0) and metadata (1).
+const RESERVED_LANES: usize = 2;
+
 struct Peer {
     address: String,
-    queue: mpsc::Sender<Outgoing>,
+    /// Lane 0 is the control lane, lane 1 carries the metadata group's appends, and
+    /// partition groups spread over the rest.
+    lanes: Vec<mpsc::Sender<Outgoing>>,
     client: RaftTransportClient<tonic::transport::Channel>,
+}
+
+impl Peer {
+    fn lane(&self, group: GroupId, lane: Lane) -> &mpsc::Sender<Outgoing> {
+        let index = match lane {
+            Lane::Control => 0,
+            Lane::Ordered if group == METADATA_GROUP => 1,
+            Lane::Ordered => RESERVED_LANES + (group.0 % (self.lanes.len() - RESERVED_LANES) as u64) as usize,
+        };
+        &self.lanes[index]
+    }
 }
 
 /// The node's sending side for Raft messages, shared by all its groups.
@@ -101,7 +134,7 @@ impl Transport {
         let mut peers = self.peers.lock();
         if let Some(peer) = peers.get(&target)
             && peer.address == address
-            && !peer.queue.is_closed()
+            && !peer.lanes[0].is_closed()
         {
             return Ok(Arc::clone(peer));
         }
@@ -111,19 +144,25 @@ impl Transport {
         let client = RaftTransportClient::new(channel)
             .max_decoding_message_size(self.config.channel.message_bytes_max)
             .max_encoding_message_size(self.config.channel.message_bytes_max);
-        let (queue, rx) = mpsc::channel(self.config.queue_capacity);
-        let peer = Arc::new(Peer { address: address.to_string(), queue, client: client.clone() });
-        tokio::spawn(run_peer(self.node_id, target, client, rx, self.config.clone()));
+        let mut lanes = Vec::new();
+        for _ in 0..RESERVED_LANES + self.config.partition_lanes_per_peer.max(1) {
+            let (lane, rx) = mpsc::channel(self.config.queue_capacity);
+            tokio::spawn(run_lane(self.node_id, target, client.clone(), rx, self.config.clone()));
+            lanes.push(lane);
+        }
+        let peer = Arc::new(Peer { address: address.to_string(), lanes, client });
         peers.insert(target, Arc::clone(&peer));
         Ok(peer)
     }
 
-    /// Sends one group message to `target` and waits for its reply until `timeout`.
+    /// Sends one group message to `target` on `lane` and waits for its reply until `timeout`.
+    #[allow(clippy::too_many_arguments, reason = "each is a distinct part of the address and the message")]
     pub async fn call(
         &self,
         target: NodeId,
         address: &str,
         group: GroupId,
+        lane: Lane,
         kind: MessageKind,
         payload: Vec<u8>,
         timeout: Duration,
@@ -133,7 +172,7 @@ impl Transport {
         let message = GroupMessage { group_id: group.0, kind: kind as i32, payload: payload.into() };
         let deadline = Instant::now() + timeout;
         let unreachable = |message: &str| SendError::Unreachable { node: target, message: message.to_string() };
-        tokio::time::timeout_at(deadline, peer.queue.send(Outgoing { message, reply }))
+        tokio::time::timeout_at(deadline, peer.lane(group, lane).send(Outgoing { message, reply }))
             .await
             .map_err(|_| unreachable("send queue full until the deadline"))?
             .map_err(|_| unreachable("sender stopped"))?;
@@ -203,8 +242,8 @@ impl Transport {
     }
 }
 
-/// The per-peer sender loop. Ends when the transport drops the peer (all senders gone).
-async fn run_peer(
+/// One lane's sender loop. Ends when the transport drops the peer (all senders gone).
+async fn run_lane(
     from: NodeId,
     to: NodeId,
     mut client: RaftTransportClient<tonic::transport::Channel>,
