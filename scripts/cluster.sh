@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the local 3-node Flotilla cluster on 127.0.0.1 (layout: deploy/local/README.md).
 #
-#   scripts/cluster.sh [-- NODE_ARGS...]               foreground; Ctrl-C or SIGTERM stops the nodes
+#   scripts/cluster.sh [--no-restart] [-- NODE_ARGS...] foreground; Ctrl-C or SIGTERM stops the nodes;
+#                                                      a node that dies is restarted on its data
+#                                                      (RESTART_DELAY_S, default 1) unless --no-restart
 #   scripts/cluster.sh --background [-- NODE_ARGS...]  return once every node accepts clients
 #   scripts/cluster.sh --stop                          stop a cluster started with --background
 #   scripts/cluster.sh --clean-data                    --stop, then delete .flotilla/
@@ -139,7 +141,16 @@ check_free() {
     ((busy == 0)) || die "free the ports above (another cluster? 'make stop' or Ctrl-C it) and retry"
 }
 
-PID_OF=()  # node id -> pid
+PID_OF=()      # node id -> pid
+STARTED_AT=()  # node id -> $SECONDS when it was last started
+FAST_EXITS=()  # node id -> exits in a row that came soon after a start
+# A node that dies is restarted after this many seconds (foreground mode, unless --no-restart),
+# like a service manager would: killing a node (kill -9 of a leader, say) is something users
+# do to a dev cluster on purpose, and the rest of the cluster must keep running meanwhile.
+RESTART_DELAY_S=${RESTART_DELAY_S:-1}
+# A node that exits this soon after starting, three times in a row, is broken (a bad flag, a
+# data dir of another node): stop instead of looping.
+CRASH_LOOP_WINDOW_S=5
 
 # Replaces the (background) subshell with node $1, so its pid is the node's pid.
 run_node() {
@@ -164,6 +175,7 @@ start_node() {
     printf '\n==== %s: starting node %s: %s\n' "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" "$i" "$FLOTILLA_BIN" >>"$log"
     run_node "$i" </dev/null >>"$log" 2>&1 &
     PID_OF[i]=$!
+    STARTED_AT[i]=$SECONDS
 }
 
 all_pids() { echo "${PID_OF[@]}"; }
@@ -267,28 +279,53 @@ start_cluster() {
         exit 0
     fi
 
-    say "Ctrl-C stops all three nodes"
+    if [[ $RESTART == yes ]]; then
+        say "Ctrl-C stops all three nodes; a node that dies is restarted after ${RESTART_DELAY_S}s"
+    else
+        say "Ctrl-C stops all three nodes; if one dies, all stop (--no-restart)"
+    fi
     # Sleep until a node exits or a signal arrives (the trap exits from inside `wait`).
     local dead
     while :; do
         wait -n || true
         dead=$(dead_nodes)
-        if [[ -n $dead ]]; then
-            # shellcheck disable=SC2086 # one node id per word
-            report_dead $dead
+        [[ -n $dead ]] || continue
+        # shellcheck disable=SC2086 # one node id per word
+        report_dead $dead
+        if [[ $RESTART == no ]]; then
             say "a node exited; stopping the others"
             # shellcheck disable=SC2046 # one pid per word
             stop_pids $(all_pids)
             exit 1
         fi
+        for i in $dead; do
+            if ((SECONDS - STARTED_AT[i] < CRASH_LOOP_WINDOW_S)); then
+                FAST_EXITS[i]=$((${FAST_EXITS[i]:-0} + 1))
+            else
+                FAST_EXITS[i]=0
+            fi
+            if ((FAST_EXITS[i] >= 3)); then
+                say "node $i keeps exiting within ${CRASH_LOOP_WINDOW_S}s of starting; stopping the cluster (see its log above)"
+                # shellcheck disable=SC2046 # one pid per word
+                stop_pids $(all_pids)
+                exit 1
+            fi
+        done
+        sleep "$RESTART_DELAY_S"
+        for i in $dead; do
+            start_node "$i"
+            say "node $i restarted (pid ${PID_OF[$i]}) on its data in $DEV_DIR/node$i"
+        done
     done
 }
 
 MODE=foreground
+RESTART=yes
 NODE_ARGS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
     --background) MODE=background ;;
+    --no-restart) RESTART=no ;;
     --stop) MODE=stop ;;
     --clean-data) MODE=clean-data ;;
     --)

@@ -52,6 +52,7 @@ impl RaftConfig {
             election_timeout_min: self.metadata_election_timeout_min_ms,
             election_timeout_max: self.metadata_election_timeout_max_ms,
             enable_pre_vote: Some(true),
+            enable_leader_restore: Some(false),
             max_payload_entries: self.append_entries_max,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.metadata_snapshot_every_entries),
             max_in_snapshot_log_to_keep: 1000,
@@ -68,6 +69,7 @@ impl RaftConfig {
             election_timeout_min: self.partition_election_timeout_min_ms,
             election_timeout_max: self.partition_election_timeout_max_ms,
             enable_pre_vote: Some(true),
+            enable_leader_restore: Some(false),
             max_payload_entries: self.append_entries_max,
             // The partition log is the record store: openraft never compacts it into a
             // snapshot; retention removes records (and only retention).
@@ -77,6 +79,13 @@ impl RaftConfig {
         validate(config, group)
     }
 }
+
+// Why `enable_leader_restore` is off (openraft defaults it on): with it, a leader that
+// restarts before anyone else campaigns resumes leading in the same term. Our state machines
+// do not fsync at apply and `committed` is not synced, which is exactly when openraft's docs
+// call it unsafe; and a leader that lost un-fsynced entries its followers already hold would
+// then write different entries under the same (term, index). A restarted leader must win a
+// new election in a new term, as in standard Raft.
 
 fn validate(config: openraft::Config, group: GroupId) -> Result<Arc<openraft::Config>, RaftGlueError> {
     config.validate().map(Arc::new).map_err(|err| RaftGlueError::Config { group, message: err.to_string() })
