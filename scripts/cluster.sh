@@ -188,14 +188,18 @@ dead_nodes() {
     done
 }
 
+EXIT_STATUS=()  # node id -> exit status of its last run
+
 report_dead() {
-    local i status
+    local i status shown
     for i in "$@"; do
         status=0
         wait "${PID_OF[$i]}" 2>/dev/null || status=$?
-        if ((status > 128)); then status="$status (SIG$(kill -l $((status - 128))))"; fi
-        echo "cluster: node $i (pid ${PID_OF[$i]}) exited with status $status" >&2
-        show_log_tail "$i"
+        EXIT_STATUS[i]=$status
+        shown=$status
+        if ((status > 128)); then shown="$status (SIG$(kill -l $((status - 128))))"; fi
+        echo "cluster: node $i (pid ${PID_OF[$i]}) exited with status $shown" >&2
+        if ((status != 0)); then show_log_tail "$i"; fi
     done
 }
 
@@ -298,7 +302,22 @@ start_cluster() {
             stop_pids $(all_pids)
             exit 1
         fi
+        # A clean exit (status 0) means the node was asked to stop (SIGTERM, Ctrl-C): like a
+        # service manager's on-failure policy, only failures are restarted.
+        local failed=()
         for i in $dead; do
+            if ((EXIT_STATUS[i] == 0)); then
+                say "node $i stopped cleanly; not restarting it"
+                unset "PID_OF[$i]"
+            else
+                failed+=("$i")
+            fi
+        done
+        if ((${#PID_OF[@]} == 0)); then
+            say "every node has stopped; data kept in $DEV_DIR"
+            exit 0
+        fi
+        for i in "${failed[@]}"; do
             if ((SECONDS - STARTED_AT[i] < CRASH_LOOP_WINDOW_S)); then
                 FAST_EXITS[i]=$((${FAST_EXITS[i]:-0} + 1))
             else
@@ -311,8 +330,9 @@ start_cluster() {
                 exit 1
             fi
         done
+        ((${#failed[@]} > 0)) || continue
         sleep "$RESTART_DELAY_S"
-        for i in $dead; do
+        for i in "${failed[@]}"; do
             start_node "$i"
             say "node $i restarted (pid ${PID_OF[$i]}) on its data in $DEV_DIR/node$i"
         done
