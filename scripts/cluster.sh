@@ -288,10 +288,13 @@ start_cluster() {
     else
         say "Ctrl-C stops all three nodes; if one dies, all stop (--no-restart)"
     fi
-    # Sleep until a node exits or a signal arrives (the trap exits from inside `wait`).
+    # Poll for dead nodes. Not `wait -n`: it waits for the *next* exit, so nodes that died
+    # together (kill -9 of all three) while another was being handled are never noticed.
+    # `sleep & wait` keeps the poll interruptible, so the Ctrl-C trap runs at once.
     local dead
     while :; do
-        wait -n || true
+        sleep 0.5 &
+        wait $! || true
         dead=$(dead_nodes)
         [[ -n $dead ]] || continue
         # shellcheck disable=SC2086 # one node id per word
