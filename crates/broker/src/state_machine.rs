@@ -173,7 +173,7 @@ mod tests {
         };
         let id = log_id::<PartitionConfig>(1, 1, index);
         let entry: <PartitionConfig as RaftTypeConfig>::Entry =
-            Entry { log_id: id.clone(), payload: EntryPayload::Normal(command.clone()) };
+            Entry { log_id: id, payload: EntryPayload::Normal(command.clone()) };
         let mut log = WriteBatch::new();
         log.put(Space::RaftLog, group_key(GROUP.0, &index.to_be_bytes()), flotilla_raft::encode(&entry));
         engine.write(log).expect("write log entry");
