@@ -15,10 +15,8 @@ use flotilla_proto::v1::admin_service_server::AdminServiceServer;
 use flotilla_proto::v1::cluster_service_server::ClusterServiceServer;
 use flotilla_proto::v1::fetch_service_server::FetchServiceServer;
 use flotilla_proto::v1::produce_service_server::ProduceServiceServer;
-use flotilla_raft::openraft::Raft;
 use flotilla_raft::{
-    GroupNetworkFactory, GroupRegistry, LogStore, NodeInfo, PurgeMode, RaftEndpoint, RaftTransportService,
-    StateMachineStore, Transport, TransportConfig, scoped,
+    GroupLauncher, GroupRegistry, NodeInfo, PurgeMode, RaftTransportService, Transport, TransportConfig,
 };
 use flotilla_storage::{Engine, Space, Syncer, WriteBatch};
 use flotilla_types::{Clock, METADATA_GROUP, NodeId};
@@ -96,19 +94,19 @@ pub async fn run(
     let syncer = Syncer::spawn(Arc::clone(&engine));
     let transport = Transport::new(node_id, TransportConfig::default(), connector.clone());
     let registry = GroupRegistry::new();
+    let launcher = Arc::new(GroupLauncher::new(
+        node_id,
+        Arc::clone(&engine),
+        syncer.clone(),
+        Arc::clone(&transport),
+        Arc::clone(&registry),
+        seed,
+    ));
 
     // The metadata group: every node is a member; the initial cluster's nodes are voters.
     let (state_machine, catalogue) = MetadataStateMachine::new();
     let app = Arc::new(parking_lot::Mutex::new(state_machine));
-    let startup =
-        |err: std::io::Error| flotilla_raft::RaftGlueError::Start { group: METADATA_GROUP, message: err.to_string() };
-    let store = StateMachineStore::open(METADATA_GROUP, Arc::clone(&engine), app).map_err(startup)?;
-    let log = LogStore::new(METADATA_GROUP, Arc::clone(&engine), syncer.clone(), PurgeMode::Delete);
-    let network = GroupNetworkFactory::new(METADATA_GROUP, Arc::clone(&transport));
-    let meta_raft = scoped(seed, Raft::new(node_id, config.raft.metadata()?, network, log, store))
-        .await
-        .map_err(|err| flotilla_raft::RaftGlueError::Start { group: METADATA_GROUP, message: err.to_string() })?;
-    registry.insert(METADATA_GROUP, Arc::new(RaftEndpoint::new(meta_raft.clone())));
+    let meta_raft = launcher.launch(METADATA_GROUP, app, PurgeMode::Delete, config.raft.metadata()?).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -141,15 +139,7 @@ pub async fn run(
     }
 
     let meta = Arc::new(Meta::new(node_id, meta_raft.clone(), Arc::clone(&transport), catalogue));
-    let (partitions, reports) = Partitions::new(
-        node_id,
-        Arc::clone(&engine),
-        syncer.clone(),
-        Arc::clone(&transport),
-        Arc::clone(&registry),
-        config.raft.clone(),
-        seed,
-    );
+    let (partitions, reports) = Partitions::new(launcher, config.raft.clone());
     let tasks = vec![
         tokio::spawn(reconcile_partitions(Arc::clone(&meta), Arc::clone(&partitions))),
         tokio::spawn(run_leader_reporter(Arc::clone(&meta), reports)),

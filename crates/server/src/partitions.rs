@@ -8,11 +8,8 @@ use std::time::Duration;
 use flotilla_broker::{PartitionConfig, PartitionReader, PartitionStateMachine, PartitionWatermarks};
 use flotilla_metadata::{MetaCommand, MetadataState};
 use flotilla_raft::openraft::{Raft, ServerState};
-use flotilla_raft::{
-    GroupNetworkFactory, GroupRegistry, LogStore, NodeInfo, PurgeMode, RaftConfig, RaftEndpoint, StateMachineStore,
-    Transport, scoped,
-};
-use flotilla_storage::{Engine, Space, SyncHandle, WriteBatch, group_prefix_range};
+use flotilla_raft::{GroupLauncher, NodeInfo, PurgeMode, RaftConfig, StateMachineStore};
+use flotilla_storage::{Space, WriteBatch, group_prefix_range};
 use flotilla_types::{GroupId, NodeId};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
@@ -56,43 +53,22 @@ impl Replica {
     }
 }
 
-/// Everything needed to start partition groups.
+/// The partition replicas of this node.
 pub struct Partitions {
-    node_id: NodeId,
-    engine: Arc<dyn Engine>,
-    syncer: SyncHandle,
-    transport: Arc<Transport>,
-    registry: Arc<GroupRegistry>,
+    launcher: Arc<GroupLauncher>,
     raft_config: RaftConfig,
-    seed: u64,
     replicas: RwLock<HashMap<GroupId, Arc<Replica>>>,
     reports: mpsc::Sender<(GroupId, NodeId, u64)>,
 }
 
 impl Partitions {
     /// The partition manager, and the receiver of leader reports for [`run_leader_reporter`].
-    #[allow(clippy::too_many_arguments, reason = "the composition root hands each shared part over once")]
     pub fn new(
-        node_id: NodeId,
-        engine: Arc<dyn Engine>,
-        syncer: SyncHandle,
-        transport: Arc<Transport>,
-        registry: Arc<GroupRegistry>,
+        launcher: Arc<GroupLauncher>,
         raft_config: RaftConfig,
-        seed: u64,
     ) -> (Arc<Partitions>, mpsc::Receiver<(GroupId, NodeId, u64)>) {
         let (reports, rx) = mpsc::channel(REPORT_QUEUE);
-        let partitions = Arc::new(Partitions {
-            node_id,
-            engine,
-            syncer,
-            transport,
-            registry,
-            raft_config,
-            seed,
-            replicas: RwLock::new(HashMap::new()),
-            reports,
-        });
+        let partitions = Arc::new(Partitions { launcher, raft_config, replicas: RwLock::new(HashMap::new()), reports });
         (partitions, rx)
     }
 
@@ -112,7 +88,7 @@ impl Partitions {
     pub async fn reconcile(&self, catalogue: &MetadataState) {
         let mut wanted: BTreeMap<GroupId, BTreeMap<NodeId, NodeInfo>> = BTreeMap::new();
         for (group, _, _, replicas) in catalogue.partition_groups() {
-            if !replicas.contains(&self.node_id) {
+            if !replicas.contains(&self.launcher.node_id()) {
                 continue;
             }
             let members = replicas
@@ -152,18 +128,12 @@ impl Partitions {
 
     async fn start(&self, group: GroupId, members: BTreeMap<NodeId, NodeInfo>) -> Result<Arc<Replica>, NodeError> {
         let storage = |err: std::io::Error| flotilla_raft::RaftGlueError::Start { group, message: err.to_string() };
-        let (state_machine, watermarks) =
-            PartitionStateMachine::open(group, Arc::clone(&self.engine)).map_err(storage)?;
+        let engine = Arc::clone(self.launcher.engine());
+        let (state_machine, watermarks) = PartitionStateMachine::open(group, Arc::clone(&engine)).map_err(storage)?;
         let app = Arc::new(parking_lot::Mutex::new(state_machine));
-        let store = StateMachineStore::open(group, Arc::clone(&self.engine), app).map_err(storage)?;
-        let log = LogStore::new(group, Arc::clone(&self.engine), self.syncer.clone(), PurgeMode::KeepEntries);
-        let network = GroupNetworkFactory::new(group, Arc::clone(&self.transport));
         let config = self.raft_config.partition(group)?;
-        let node_id = self.node_id;
-        let raft = scoped(group_seed(self.seed, group), Raft::new(node_id, config, network, log, store))
-            .await
-            .map_err(|err| flotilla_raft::RaftGlueError::Start { group, message: err.to_string() })?;
-        self.registry.insert(group, Arc::new(RaftEndpoint::new(raft.clone())));
+        let raft = self.launcher.launch(group, app, PurgeMode::KeepEntries, config).await?;
+        let node_id = self.launcher.node_id();
         // Every replica bootstraps the group with the same membership: the identical first
         // entry on each is what makes that safe, and it means no single replica has to be
         // up for the partition to come to life.
@@ -174,12 +144,12 @@ impl Partitions {
         }
         tokio::spawn(report_leadership(node_id, group, raft.clone(), self.reports.clone()));
         tracing::info!(%group, "partition replica started");
-        Ok(Arc::new(Replica { group, raft, reader: PartitionReader::new(group, Arc::clone(&self.engine)), watermarks }))
+        Ok(Arc::new(Replica { group, raft, reader: PartitionReader::new(group, engine), watermarks }))
     }
 
     async fn remove(&self, group: GroupId) {
         let Some(replica) = self.replicas.write().remove(&group) else { return };
-        self.registry.remove(group);
+        self.launcher.registry().remove(group);
         if let Err(err) = replica.raft.shutdown().await {
             tracing::warn!(%group, error = %err, "stopping partition replica");
         }
@@ -189,7 +159,7 @@ impl Partitions {
             let range = group_prefix_range(group.0, b"");
             batch.delete_range(space, range.start, range.end);
         }
-        if let Err(err) = self.engine.write(batch) {
+        if let Err(err) = self.launcher.engine().write(batch) {
             tracing::error!(%group, error = %err, "deleting partition data");
         }
         tracing::info!(%group, "partition replica removed with its topic");
@@ -201,11 +171,6 @@ impl Partitions {
             let _ = replica.raft.shutdown().await;
         }
     }
-}
-
-/// openraft's RNG seed for `group`: distinct per group, fixed per node seed.
-fn group_seed(seed: u64, group: GroupId) -> u64 {
-    seed ^ group.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Watches one replica and queues a report each time it becomes leader in a new term.
