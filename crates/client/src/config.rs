@@ -18,9 +18,11 @@ pub struct ClientConfig {
     pub keepalive_timeout: Duration,
     /// Delay before the first retry; it doubles with each further retry.
     pub retry_backoff_min: Duration,
-    /// Longest delay between two retries.
+    /// Longest delay between two retries. Short, because the commonest retry is a partition
+    /// waiting out a leader election: a long cap adds up to its length to every failover.
     pub retry_backoff_max: Duration,
-    /// Retries after the first attempt, counting hops that follow a leader hint.
+    /// Retries after the first attempt, counting hops that follow a leader hint. With the
+    /// backoff above, 40 retries span about ten seconds: longer than an election.
     pub retries_max: u32,
     /// Cached routing metadata older than this is refreshed before the next routed request.
     /// Leader changes are normally learnt sooner, from `NotLeader` answers.
@@ -38,8 +40,8 @@ impl Default for ClientConfig {
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
             retry_backoff_min: Duration::from_millis(20),
-            retry_backoff_max: Duration::from_secs(1),
-            retries_max: 10,
+            retry_backoff_max: Duration::from_millis(250),
+            retries_max: 40,
             metadata_refresh_interval: Duration::from_secs(30),
             message_bytes_max: 64 * 1024 * 1024,
         }
