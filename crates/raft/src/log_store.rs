@@ -99,10 +99,13 @@ impl<C: GroupConfig> RaftLogReader<C> for LogStore<C> {
             Bound::Unbounded => u64::MAX,
         };
         // With KeepEntries, purged entries are still stored (as records) but no longer part
-        // of the Raft log openraft sees.
-        let lo = match self.read_state::<LogIdOf<C>>(PURGED_KEY)? {
-            Some(purged) => lo.max(purged.index() + 1),
-            None => lo,
+        // of the Raft log openraft sees. With Delete they are gone, so no lookup is needed.
+        let lo = match self.purge_mode {
+            PurgeMode::KeepEntries => match self.read_state::<LogIdOf<C>>(PURGED_KEY)? {
+                Some(purged) => lo.max(purged.index() + 1),
+                None => lo,
+            },
+            PurgeMode::Delete => lo,
         };
         if lo >= hi {
             return Ok(Vec::new());

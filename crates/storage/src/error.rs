@@ -7,9 +7,6 @@ pub enum StorageError {
     /// The underlying engine reported an I/O or database error.
     #[error("storage engine error during {operation}: {message}")]
     Engine { operation: &'static str, message: String },
-    /// Stored bytes did not decode: corruption or a format bug.
-    #[error("corrupt stored value in {space} at key {key_hex}: {message}")]
-    Corrupt { space: &'static str, key_hex: String, message: String },
     /// An injected fault (simulation only).
     #[error("injected storage fault during {operation}")]
     Injected { operation: &'static str },

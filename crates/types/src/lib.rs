@@ -14,5 +14,5 @@ pub use error_code::ErrorCode;
 pub use ids::{GroupId, METADATA_GROUP, NodeId, Offset, PartitionId, TopicId};
 pub use limits::Limits;
 pub use partitioner::{murmur2, partition_for_key};
-pub use record::{Header, Record, RecordBatch};
+pub use record::{Header, Record};
 pub use topic_name::{TopicNameError, validate_topic_name};

@@ -29,16 +29,3 @@ impl Record {
             + self.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
     }
 }
-
-/// Records appended together: one Raft entry, one contiguous offset range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordBatch {
-    pub records: Vec<Record>,
-}
-
-impl RecordBatch {
-    /// Bytes of all records.
-    pub fn size_bytes(&self) -> usize {
-        self.records.iter().map(Record::size_bytes).sum()
-    }
-}
