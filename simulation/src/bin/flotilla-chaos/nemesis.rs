@@ -1,0 +1,507 @@
+//! The nemesis: every 5–20 s it picks a fault (or, a quarter of the time, a quiet spell) with a
+//! seeded RNG, injects it, holds it, and heals it, so at most one fault is in force at a time
+//! and every fault ends before the next begins.
+//!
+//! Process faults act on the supervisor's own children by PID (SIGKILL then restart, SIGSTOP
+//! then SIGCONT, SIGTERM then restart, occasionally SIGKILL of every node). Network faults
+//! cut links with blackhole routes inside the nodes' namespaces. Leader-directed faults ask
+//! the nodes who leads a partition (or the metadata group) and aim there.
+//!
+//! After every change the fault state goes to the [`Recorder`]'s timeline, from which the
+//! report judges availability.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom as _, SliceRandom as _};
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::netns::{Network, Peer};
+use crate::probe::{self, Layout};
+use crate::recorder::Recorder;
+use crate::supervisor::{Health, Supervisor};
+use crate::timeline::Snapshot;
+
+/// Shortest and longest fault episode.
+const EPISODE_MIN: Duration = Duration::from_secs(5);
+const EPISODE_MAX: Duration = Duration::from_secs(20);
+/// Longest wait before a killed node is restarted.
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(10);
+/// Longest wait before the nodes of a whole-cluster kill are restarted.
+const KILL_ALL_RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
+/// Shortest and longest SIGSTOP: always longer than the election timeout (750–1500 ms), so
+/// a paused leader is replaced and, on waking, must notice that it no longer leads.
+const PAUSE_MIN: Duration = Duration::from_secs(2);
+const PAUSE_MAX: Duration = Duration::from_secs(8);
+/// How long a node may take to exit after SIGTERM before it counts as hung.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the nemesis looks for nodes that exited on their own while it waits.
+const EXIT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Weight of a quiet spell against the sum of the fault weights: about a quarter of the picks.
+const QUIET_WEIGHT: u32 = 26;
+
+/// The faults the nemesis injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// SIGKILL a random node, restart it after 0–10 s.
+    Kill,
+    /// SIGKILL the leader of a partition or of the metadata group, restart after 0–10 s.
+    KillLeader,
+    /// SIGKILL every node at once, restart them all after 0–5 s.
+    KillAll,
+    /// SIGSTOP a random node for 2–8 s.
+    Pause,
+    /// SIGSTOP a leader for 2–8 s.
+    PauseLeader,
+    /// SIGTERM a random node, wait for it to exit, start it again.
+    Restart,
+    /// Cut a random node off from every other node.
+    Isolate,
+    /// Cut a leader off from every other node (the workload still reaches it).
+    IsolateLeader,
+    /// Split the nodes into a minority and a majority.
+    Split,
+    /// Cut each node off from all but its two neighbours in a random ring.
+    Ring,
+    /// Drop what one node sends to another, in one direction only.
+    OneWay,
+    /// Cut a leader off from the workload only; its peers still reach it.
+    ClientLeader,
+}
+
+impl FaultKind {
+    /// Every kind with its weight in the rotation.
+    const WEIGHTED: [(FaultKind, u32); 12] = [
+        (FaultKind::Kill, 10),
+        (FaultKind::KillLeader, 10),
+        (FaultKind::KillAll, 2),
+        (FaultKind::Pause, 7),
+        (FaultKind::PauseLeader, 8),
+        (FaultKind::Restart, 5),
+        (FaultKind::Isolate, 7),
+        (FaultKind::IsolateLeader, 8),
+        (FaultKind::Split, 7),
+        (FaultKind::Ring, 4),
+        (FaultKind::OneWay, 5),
+        (FaultKind::ClientLeader, 5),
+    ];
+
+    /// The kind's name in reports and in the history.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillAll => "kill-all",
+            FaultKind::Pause => "pause",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::Restart => "restart",
+            FaultKind::Isolate => "isolate",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::Split => "split",
+            FaultKind::Ring => "ring",
+            FaultKind::OneWay => "one-way",
+            FaultKind::ClientLeader => "client-leader",
+        }
+    }
+
+    /// Whether the fault cuts links (impossible without network namespaces).
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Isolate
+                | FaultKind::IsolateLeader
+                | FaultKind::Split
+                | FaultKind::Ring
+                | FaultKind::OneWay
+                | FaultKind::ClientLeader
+        )
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the nemesis did over a run.
+#[derive(Debug, Clone, Default)]
+pub struct NemesisReport {
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<FaultKind, usize>,
+    /// Quiet spells.
+    pub quiet: usize,
+    /// Nodes that exited although nobody stopped them: (node, exit status).
+    pub unexpected_exits: Vec<(u64, String)>,
+    /// Nodes that did not exit within [`STOP_TIMEOUT`] of SIGTERM.
+    pub hung_on_stop: Vec<u64>,
+}
+
+impl NemesisReport {
+    /// Faults injected, all kinds.
+    pub fn total(&self) -> usize {
+        self.faults.values().sum()
+    }
+}
+
+/// Injects faults into the cluster until a deadline.
+#[derive(Debug)]
+pub struct Nemesis {
+    supervisor: Arc<Supervisor>,
+    network: Arc<Network>,
+    recorder: Arc<Recorder>,
+    layout: Layout,
+    rng: StdRng,
+    kinds: Vec<(FaultKind, u32)>,
+    report: NemesisReport,
+}
+
+impl Nemesis {
+    /// A nemesis seeded with `seed`; without network namespaces it skips network faults.
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        network: Arc<Network>,
+        recorder: Arc<Recorder>,
+        layout: Layout,
+        seed: u64,
+    ) -> Nemesis {
+        let partitions = network.can_partition();
+        let kinds = FaultKind::WEIGHTED.into_iter().filter(|(kind, _)| partitions || !kind.needs_network()).collect();
+        Nemesis {
+            supervisor,
+            network,
+            recorder,
+            layout,
+            rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
+            kinds,
+            report: NemesisReport::default(),
+        }
+    }
+
+    /// Runs episodes until `until`, then heals everything. Errors are the harness's own (an
+    /// `ip` command failing, a node that cannot be started); the cluster's misbehaviour goes
+    /// into the report instead.
+    pub async fn run(mut self, until: Instant) -> anyhow::Result<NemesisReport> {
+        self.observe();
+        loop {
+            // A node that crashed on its own during a quiet spell is started again here.
+            self.heal_all().await.context("healing before a fault")?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left < EPISODE_MIN {
+                self.wait(left).await;
+                break;
+            }
+            let length = self.rng.random_range(EPISODE_MIN..=EPISODE_MAX.min(left));
+            let total_weight: u32 = self.kinds.iter().map(|(_, weight)| weight).sum::<u32>() + QUIET_WEIGHT;
+            let mut pick = self.rng.random_range(0..total_weight);
+            let mut chosen = None;
+            for (kind, weight) in &self.kinds {
+                if pick < *weight {
+                    chosen = Some(*kind);
+                    break;
+                }
+                pick -= weight;
+            }
+            match chosen {
+                None => {
+                    self.report.quiet += 1;
+                    self.say(format!("quiet for {:.1}s", length.as_secs_f64()));
+                    self.wait(length).await;
+                }
+                Some(kind) => {
+                    let started = Instant::now();
+                    self.episode(kind, length).await.with_context(|| format!("injecting {kind}"))?;
+                    *self.report.faults.entry(kind).or_default() += 1;
+                    self.heal_all().await.context("healing after a fault")?;
+                    self.wait(length.saturating_sub(started.elapsed())).await;
+                }
+            }
+        }
+        self.heal_all().await.context("the final heal")?;
+        Ok(self.report)
+    }
+
+    async fn episode(&mut self, kind: FaultKind, length: Duration) -> anyhow::Result<()> {
+        let nodes = self.supervisor.node_ids();
+        let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
+        match kind {
+            FaultKind::Kill | FaultKind::KillLeader => {
+                let (victim, why) = self.target(kind == FaultKind::KillLeader).await;
+                let delay = self.rng.random_range(Duration::ZERO..=RESTART_DELAY_MAX.min(length));
+                self.fault(kind, &[victim], format!("SIGKILL n{victim}{why}, restart after {}", secs(delay)));
+                self.supervisor.kill(victim)?;
+                self.observe();
+                self.wait(delay).await;
+                self.start(victim)?;
+            }
+            FaultKind::KillAll => {
+                let delay = self.rng.random_range(Duration::ZERO..=KILL_ALL_RESTART_DELAY_MAX);
+                self.fault(kind, &nodes, format!("SIGKILL every node, restart after {}", secs(delay)));
+                for &id in &nodes {
+                    if self.supervisor.health(id) != Health::Down {
+                        self.supervisor.kill(id)?;
+                    }
+                }
+                self.observe();
+                self.wait(delay).await;
+                for &id in &nodes {
+                    self.start(id)?;
+                }
+            }
+            FaultKind::Pause | FaultKind::PauseLeader => {
+                let (victim, why) = self.target(kind == FaultKind::PauseLeader).await;
+                let pause = self.rng.random_range(PAUSE_MIN..=PAUSE_MAX.min(length).max(PAUSE_MIN));
+                self.fault(kind, &[victim], format!("SIGSTOP n{victim}{why} for {}", secs(pause)));
+                self.supervisor.pause(victim)?;
+                self.observe();
+                self.wait(pause).await;
+                if self.supervisor.health(victim) == Health::Paused {
+                    self.supervisor.resume(victim)?;
+                }
+            }
+            FaultKind::Restart => {
+                let victim = *nodes.choose(&mut self.rng).expect("a cluster has nodes");
+                self.fault(kind, &[victim], format!("SIGTERM n{victim}, then start it again"));
+                match self.supervisor.terminate(victim, STOP_TIMEOUT).await {
+                    Ok(status) if !status.success() => {
+                        self.note(format!("n{victim} exited with {status} after SIGTERM"));
+                        self.report.unexpected_exits.push((victim, format!("{status} after SIGTERM")));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        self.note(format!("{error:#}"));
+                        self.report.hung_on_stop.push(victim);
+                    }
+                }
+                self.observe();
+                self.start(victim)?;
+            }
+            FaultKind::Isolate | FaultKind::IsolateLeader => {
+                let (victim, why) = self.target(kind == FaultKind::IsolateLeader).await;
+                self.fault(
+                    kind,
+                    &[victim],
+                    format!("cut n{victim}{why} off from every other node for {}", secs(length)),
+                );
+                for &other in nodes.iter().filter(|id| **id != victim) {
+                    self.network.block_both(victim, other)?;
+                }
+                self.observe();
+                self.wait(length).await;
+            }
+            FaultKind::Split => {
+                let mut shuffled = nodes.clone();
+                shuffled.shuffle(&mut self.rng);
+                let (minority, majority) = shuffled.split_at((nodes.len() - 1) / 2);
+                let (minority, majority) = (sorted(minority), sorted(majority));
+                self.fault(kind, &minority, format!("split {minority:?} | {majority:?} for {}", secs(length)));
+                for &a in &minority {
+                    for &b in &majority {
+                        self.network.block_both(a, b)?;
+                    }
+                }
+                self.observe();
+                self.wait(length).await;
+            }
+            FaultKind::Ring => {
+                let mut ring = nodes.clone();
+                ring.shuffle(&mut self.rng);
+                let n = ring.len();
+                self.fault(
+                    kind,
+                    &nodes,
+                    format!("ring {ring:?}: each node reaches only its neighbours, for {}", secs(length)),
+                );
+                for i in 0..n {
+                    for j in (i + 1)..n {
+                        let neighbours = j - i == 1 || (i == 0 && j == n - 1);
+                        if !neighbours {
+                            self.network.block_both(ring[i], ring[j])?;
+                        }
+                    }
+                }
+                self.observe();
+                self.wait(length).await;
+            }
+            FaultKind::OneWay => {
+                let mut shuffled = nodes.clone();
+                shuffled.shuffle(&mut self.rng);
+                // Aim at a leader half of the time: its outgoing heartbeats are what matter.
+                let (from, why) =
+                    if self.rng.random_bool(0.5) { self.target(true).await } else { (shuffled[0], String::new()) };
+                let to = *shuffled.iter().find(|id| **id != from).expect("at least two nodes");
+                self.fault(kind, &[from, to], format!("drop what n{from}{why} sends to n{to}, for {}", secs(length)));
+                self.network.block(from, Peer::Node(to))?;
+                self.observe();
+                self.wait(length).await;
+            }
+            FaultKind::ClientLeader => {
+                let (victim, why) = self.target(true).await;
+                self.fault(kind, &[victim], format!("cut the workload off from n{victim}{why} for {}", secs(length)));
+                self.network.block(victim, Peer::Client)?;
+                self.observe();
+                self.wait(length).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A node to fault: a leader (of a random partition, or of the metadata group a third of
+    /// the time) when `leader`, else a random node; with a phrase naming why it was chosen.
+    async fn target(&mut self, leader: bool) -> (u64, String) {
+        let nodes = self.supervisor.node_ids();
+        let random = *nodes.choose(&mut self.rng).expect("a cluster has nodes");
+        if !leader {
+            return (random, String::new());
+        }
+        let metadata = self.layout.partitions.is_empty() || self.rng.random_ratio(1, 3);
+        let found = if metadata {
+            self.metadata_leader().await.map(|id| (id, " (metadata leader)".to_string()))
+        } else {
+            let partition = self.layout.partitions.choose(&mut self.rng).expect("checked non-empty").clone();
+            self.partition_leader(partition.group_id, &partition.replicas)
+                .await
+                .map(|id| (id, format!(" (leader of p{})", partition.partition)))
+        };
+        found.unwrap_or((random, " (no leader known; a random node)".to_string()))
+    }
+
+    async fn metadata_leader(&self) -> Option<u64> {
+        for id in self.supervisor.node_ids() {
+            if self.supervisor.health(id) != Health::Running {
+                continue;
+            }
+            if let Ok(status) = probe::status(&self.network.client_address(id)).await
+                && status.metadata_leader_id != 0
+            {
+                return Some(status.metadata_leader_id);
+            }
+        }
+        None
+    }
+
+    /// The replica of `group` that claims leadership in the highest term.
+    async fn partition_leader(&self, group: u64, replicas: &[u64]) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for &id in replicas {
+            if self.supervisor.health(id) != Health::Running {
+                continue;
+            }
+            let Ok(answer) = probe::local_replicas(&self.network.client_address(id), vec![group]).await else {
+                continue;
+            };
+            for replica in answer.replicas.iter().filter(|r| r.group_id == group && r.is_leader) {
+                if best.is_none_or(|(term, _)| replica.term > term) {
+                    best = Some((replica.term, id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Restores every link, wakes every paused node and starts every stopped one.
+    async fn heal_all(&mut self) -> anyhow::Result<()> {
+        let cut = !self.network.blocked().is_empty();
+        self.network.heal()?;
+        for id in self.supervisor.node_ids() {
+            match self.supervisor.health(id) {
+                Health::Running => {}
+                Health::Paused => self.supervisor.resume(id)?,
+                Health::Down => self.start(id)?,
+            }
+        }
+        if cut || self.observe() {
+            self.recorder.event(json!({ "type": "heal" }));
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.supervisor.health(id) == Health::Down {
+            self.supervisor.start(id)?;
+        }
+        self.observe();
+        Ok(())
+    }
+
+    /// Sleeps for `duration`, reaping nodes that exit on their own meanwhile.
+    async fn wait(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        loop {
+            self.check_exits();
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep((deadline - now).min(EXIT_CHECK_INTERVAL)).await;
+        }
+    }
+
+    fn check_exits(&mut self) {
+        for (id, status) in self.supervisor.reap_unexpected_exits() {
+            self.say(format!(
+                "!! n{id} exited on its own with {status}; see {}",
+                self.supervisor.log_path(id).display()
+            ));
+            self.recorder.event(json!({ "type": "crash", "node": id, "status": status.to_string() }));
+            self.report.unexpected_exits.push((id, status.to_string()));
+            self.observe();
+        }
+    }
+
+    /// Records the current fault state; returns whether anything is still faulted.
+    fn observe(&self) -> bool {
+        let snapshot = snapshot_of(&self.supervisor, &self.network);
+        let faulted = !snapshot.down.is_empty() || !snapshot.paused.is_empty() || !snapshot.blocked.is_empty();
+        self.recorder.fault_state(snapshot, &self.supervisor.node_ids());
+        faulted
+    }
+
+    fn fault(&self, kind: FaultKind, nodes: &[u64], detail: String) {
+        self.say(format!("{kind}: {detail}"));
+        self.recorder.event(json!({ "type": "fault", "kind": kind.name(), "nodes": nodes, "detail": detail }));
+    }
+
+    fn note(&self, text: String) {
+        self.say(text.clone());
+        self.recorder.event(json!({ "type": "note", "text": text }));
+    }
+
+    fn say(&self, text: String) {
+        println!("{:>8.1}s  {text}", self.recorder.now().as_secs_f64());
+    }
+}
+
+/// The fault state right now, as the supervisor and the network know it.
+pub fn snapshot_of(supervisor: &Supervisor, network: &Network) -> Snapshot {
+    let mut snapshot = Snapshot {
+        at: Duration::ZERO,
+        down: Default::default(),
+        paused: Default::default(),
+        blocked: network.blocked(),
+    };
+    for id in supervisor.node_ids() {
+        match supervisor.health(id) {
+            Health::Running => {}
+            Health::Paused => {
+                snapshot.paused.insert(id);
+            }
+            Health::Down => {
+                snapshot.down.insert(id);
+            }
+        }
+    }
+    snapshot
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
+}
