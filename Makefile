@@ -16,6 +16,9 @@ CARGO ?= cargo
 TEST_ARGS ?=
 SIM_ARGS ?=
 NODE_ARGS ?=
+# `make chaos CHAOS_MINUTES=3 CHAOS_ARGS='--seed 7'`.
+CHAOS_MINUTES ?= 10
+CHAOS_ARGS ?=
 
 # Empty when running as root, so the same recipe works in containers and on laptops.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -29,7 +32,7 @@ endif
 
 RELEASE_DIR := $(CARGO_TARGET_DIR)/release
 
-.PHONY: help deps build install-cli cluster cluster-bg stop test fmt lint sim clean-data
+.PHONY: help deps build install-cli cluster cluster-bg stop test fmt lint sim chaos clean-data
 
 # List the targets with their one-line descriptions (the `##` comments below).
 help:
@@ -78,6 +81,13 @@ lint: deps ## cargo fmt --check and clippy -D warnings (release profile)
 # The seeded simulation driver; replay a failure with the SIM_ARGS it printed.
 sim: deps ## run the simulation driver: make sim SIM_ARGS='...'
 	$(CARGO) run --release -p flotilla-simulation -- $(SIM_ARGS)
+
+# Five real nodes in network namespaces (needs root: `ip netns`; without root it runs process
+# faults only and says so), rotating faults, then heal, drain and the simulation's checker.
+# Data, logs and the history go to .flotilla/chaos/. Exit status 0 only for a clean run.
+chaos: build ## real-process chaos test: make chaos CHAOS_MINUTES=10 [CHAOS_ARGS='--seed S']
+	@DEPS_EXTRA=iproute2 SUDO="$(SUDO)" CARGO="$(CARGO)" scripts/deps.sh
+	$(RELEASE_DIR)/flotilla-chaos --minutes $(CHAOS_MINUTES) $(CHAOS_ARGS)
 
 # Refuses while a cluster still listens on the dev ports, so a running node never loses its data.
 clean-data: ## stop the background cluster and delete .flotilla/ (data and logs)

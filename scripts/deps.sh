@@ -2,7 +2,8 @@
 # `make deps`: checks that cargo is on PATH and installs the system packages the build needs
 # on Debian/Ubuntu. Idempotent; when nothing is missing it neither touches apt nor the network.
 #
-# Environment: SUDO (empty when root, "sudo" otherwise; set by the Makefile), CARGO (cargo).
+# Environment: SUDO (empty when root, "sudo" otherwise; set by the Makefile), CARGO (cargo),
+# DEPS_EXTRA (more packages to install, space-separated).
 set -euo pipefail
 
 CARGO=${CARGO:-cargo}
@@ -12,6 +13,9 @@ SUDO=${SUDO-}
 # libclang-dev: bindgen in librocksdb-sys loads libclang at build time.
 # build-essential/g++: RocksDB is C++. pkg-config: -sys crates probe for system libraries.
 PACKAGES=(libclang-dev build-essential g++ pkg-config make)
+# Extra packages a target needs on top, e.g. DEPS_EXTRA=iproute2 for `make chaos` (`ip netns`).
+read -r -a extra <<<"${DEPS_EXTRA:-}"
+PACKAGES+=("${extra[@]}")
 
 if ! command -v "$CARGO" >/dev/null 2>&1; then
     echo "deps: cargo not found on PATH." >&2
