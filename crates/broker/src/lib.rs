@@ -7,10 +7,12 @@
 
 mod command;
 mod error;
+mod producer_table;
 mod reader;
 mod state_machine;
 
-pub use command::{PartitionCommand, PartitionResponse};
+pub use command::{PartitionCommand, PartitionRejection, PartitionResponse, ProducerSequence};
 pub use error::BrokerError;
+pub use producer_table::{BATCHES_PER_PRODUCER, PRODUCERS_PER_PARTITION_MAX};
 pub use reader::{FetchedBatch, PartitionReader};
 pub use state_machine::{PartitionConfig, PartitionStateMachine, PartitionWatermarks};

@@ -9,7 +9,7 @@ use openraft::EntryPayload;
 use openraft::RaftTypeConfig;
 
 use crate::state_machine::{INDEX_PREFIX, IndexEntry, index_key};
-use crate::{BrokerError, PartitionCommand, PartitionConfig, PartitionWatermarks};
+use crate::{BrokerError, PartitionConfig, PartitionWatermarks};
 
 /// Index entries read per storage scan while walking forward.
 const INDEX_SCAN_CHUNK: usize = 64;
@@ -137,7 +137,7 @@ impl PartitionReader {
             .ok_or_else(|| self.storage(std::io::Error::other(format!("log entry {log_index} is missing"))))?;
         let entry: <PartitionConfig as RaftTypeConfig>::Entry = decode(&bytes).map_err(|e| self.storage(e))?;
         match entry.payload {
-            EntryPayload::Normal(PartitionCommand::Append { records, timestamp_ms }) => Ok((records, timestamp_ms)),
+            EntryPayload::Normal(command) => Ok(command.into_records()),
             other => Err(self.storage(std::io::Error::other(format!(
                 "index points at log entry {log_index} that holds no records: {other}"
             )))),

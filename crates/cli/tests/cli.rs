@@ -196,6 +196,13 @@ impl ProduceService for FakeNode {
         self.appended.notify_waiters();
         Ok(Response::new(v1::ProduceResponse { acks }))
     }
+
+    async fn init_producer(
+        &self,
+        _: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 #[tonic::async_trait]

@@ -254,7 +254,7 @@ impl Client {
         records: Vec<v1::Record>,
     ) -> Result<Vec<v1::RecordAck>, ClientError> {
         let expected = records.len();
-        let message = v1::ProduceRequest { topic: topic.to_string(), partition, records };
+        let message = v1::ProduceRequest { topic: topic.to_string(), partition, records, idempotence: None };
         let target = match partition {
             Some(partition) => Target::Leader { topic, partition },
             None => Target::Any,

@@ -66,6 +66,13 @@ impl ProduceService for FakeNode {
         }
         Ok(Response::new(v1::ProduceResponse { acks }))
     }
+
+    async fn init_producer(
+        &self,
+        _: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        Err(Status::unimplemented("the idempotent producer is not faked yet"))
+    }
 }
 
 #[tonic::async_trait]

@@ -16,6 +16,8 @@ pub enum MetaCommand {
     DeleteTopic { name: String },
     /// Partition leaders as nodes observed them; a hint is kept only if its term is newer.
     ReportLeaders { reports: Vec<(GroupId, NodeId, u64)> },
+    /// Allocates a fresh idempotent-producer id (InitProducer).
+    AllocateProducerId,
 }
 
 /// Why a command changed nothing.
@@ -45,6 +47,29 @@ pub enum MetaResponse {
     Rejected(MetaError),
 }
 
+/// What the metadata group answers any proposal with: the outcome of a catalogue command, or
+/// what an allocation handed out. Allocations are kept out of [`MetaResponse`] so callers that
+/// only change the catalogue match on catalogue outcomes alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    /// The outcome of a catalogue command (also blank and membership entries: `Done`).
+    Catalogue(MetaResponse),
+    /// A producer id no one else has been or will be given; its epoch starts at 0.
+    ProducerIdAllocated { producer_id: u64 },
+}
+
+impl Default for MetaReply {
+    fn default() -> Self {
+        MetaReply::Catalogue(MetaResponse::Done)
+    }
+}
+
+impl From<MetaResponse> for MetaReply {
+    fn from(response: MetaResponse) -> Self {
+        MetaReply::Catalogue(response)
+    }
+}
+
 impl std::fmt::Display for MetaCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -54,6 +79,7 @@ impl std::fmt::Display for MetaCommand {
             }
             MetaCommand::DeleteTopic { name } => write!(f, "delete topic {name:?}"),
             MetaCommand::ReportLeaders { reports } => write!(f, "report {} leaders", reports.len()),
+            MetaCommand::AllocateProducerId => write!(f, "allocate producer id"),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The metadata group: the cluster catalogue (nodes, topics, partition placement, leader
-//! hints) as a pure state machine, and placement as a pure function.
+//! hints, the producer-id counter) as a pure state machine, and placement as a pure function.
 //!
 //! Architecture Invariant: `MetadataState::apply` is deterministic: it reads no clock, no
 //! randomness and no I/O, so every replica computes the same catalogue from the same log.
@@ -9,7 +9,7 @@ mod placement;
 mod state;
 mod state_machine;
 
-pub use command::{MetaCommand, MetaError, MetaResponse};
+pub use command::{MetaCommand, MetaError, MetaReply, MetaResponse};
 pub use placement::place_replicas;
 pub use state::{LeaderHint, MetadataState, NodeRecord, TopicRecord};
 pub use state_machine::{MetaConfig, MetadataStateMachine};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use flotilla_types::{GroupId, NodeId, PartitionId, TopicId};
 use serde::{Deserialize, Serialize};
 
-use crate::{MetaCommand, MetaError, MetaResponse, place_replicas};
+use crate::{MetaCommand, MetaError, MetaReply, MetaResponse, place_replicas};
 
 /// Partitions a topic may have at most (bounded by the group-id scheme and memory).
 pub const PARTITIONS_MAX: u32 = 10_000;
@@ -52,12 +52,15 @@ pub struct MetadataState {
     pub leaders: BTreeMap<GroupId, LeaderHint>,
     /// Next topic id; ids are never reused.
     pub next_topic_id: u64,
+    /// The last idempotent-producer id handed out (0: none yet). Ids start at 1 and are never
+    /// reused, so a new session can never be mistaken for an old one by a partition.
+    pub last_producer_id: u64,
 }
 
 impl MetadataState {
     /// Applies `command`.
-    pub fn apply(&mut self, command: MetaCommand) -> MetaResponse {
-        match command {
+    pub fn apply(&mut self, command: MetaCommand) -> MetaReply {
+        let response = match command {
             MetaCommand::RegisterNode { id, peer_address, client_address } => {
                 self.nodes.insert(id, NodeRecord { id, peer_address, client_address });
                 MetaResponse::Done
@@ -90,7 +93,14 @@ impl MetadataState {
                 }
                 MetaResponse::Done
             }
-        }
+            MetaCommand::AllocateProducerId => {
+                // u64 ids cannot run out: at a million sessions a second that takes 584,000
+                // years. Checked arithmetic only names the bug if something else went wrong.
+                self.last_producer_id = self.last_producer_id.checked_add(1).expect("producer ids never run out");
+                return MetaReply::ProducerIdAllocated { producer_id: self.last_producer_id };
+            }
+        };
+        MetaReply::Catalogue(response)
     }
 
     /// Checks a topic creation without applying it (for early, friendly errors; apply checks
@@ -186,11 +196,16 @@ mod tests {
             replication_factor: 3,
             created_at_ms: 1,
         };
-        let MetaResponse::TopicCreated(first) = state.apply(create(3)) else { panic!("created") };
+        let MetaReply::Catalogue(MetaResponse::TopicCreated(first)) = state.apply(create(3)) else { panic!("created") };
         assert_eq!(first.replicas.len(), 3);
-        assert_eq!(state.apply(create(3)), MetaResponse::Rejected(MetaError::TopicExists { name: "orders".into() }));
-        assert_eq!(state.apply(MetaCommand::DeleteTopic { name: "orders".into() }), MetaResponse::Done);
-        let MetaResponse::TopicCreated(second) = state.apply(create(2)) else { panic!("created again") };
+        assert_eq!(
+            state.apply(create(3)),
+            MetaResponse::Rejected(MetaError::TopicExists { name: "orders".into() }).into()
+        );
+        assert_eq!(state.apply(MetaCommand::DeleteTopic { name: "orders".into() }), MetaResponse::Done.into());
+        let MetaReply::Catalogue(MetaResponse::TopicCreated(second)) = state.apply(create(2)) else {
+            panic!("created again")
+        };
         assert_ne!(first.id, second.id, "topic ids are never reused");
     }
 
@@ -203,13 +218,32 @@ mod tests {
             replication_factor: 5,
             created_at_ms: 0,
         });
-        assert_eq!(response, MetaResponse::Rejected(MetaError::ReplicationFactorTooLarge { requested: 5, nodes: 3 }));
+        assert_eq!(
+            response,
+            MetaResponse::Rejected(MetaError::ReplicationFactorTooLarge { requested: 5, nodes: 3 }).into()
+        );
+    }
+
+    #[test]
+    fn producer_ids_start_at_one_and_survive_a_snapshot() {
+        let mut state = MetadataState::default();
+        let allocate = |state: &mut MetadataState| match state.apply(MetaCommand::AllocateProducerId) {
+            MetaReply::ProducerIdAllocated { producer_id } => producer_id,
+            other => panic!("expected a producer id, got {other:?}"),
+        };
+        assert_eq!(allocate(&mut state), 1, "0 is never a producer id");
+        assert_eq!(allocate(&mut state), 2);
+        // The counter is part of the state, so a replica restored from a snapshot (or a
+        // restarted node) continues after the last id instead of handing it out again.
+        let mut restored: MetadataState =
+            flotilla_raft::decode(&flotilla_raft::encode(&state)).expect("snapshot round trip");
+        assert_eq!(allocate(&mut restored), 3);
     }
 
     #[test]
     fn leader_hints_never_go_back_in_term() {
         let mut state = three_nodes();
-        let MetaResponse::TopicCreated(topic) = state.apply(MetaCommand::CreateTopic {
+        let MetaReply::Catalogue(MetaResponse::TopicCreated(topic)) = state.apply(MetaCommand::CreateTopic {
             name: "t".into(),
             partitions: 1,
             replication_factor: 3,

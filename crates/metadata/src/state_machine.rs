@@ -9,11 +9,11 @@ use flotilla_storage::WriteBatch;
 use openraft::alias::LogIdOf;
 use tokio::sync::watch;
 
-use crate::{MetaCommand, MetaResponse, MetadataState};
+use crate::{MetaCommand, MetaReply, MetadataState};
 
 flotilla_raft::declare_group_config!(
     /// openraft types of the metadata group.
-    pub MetaConfig: MetaCommand => MetaResponse
+    pub MetaConfig: MetaCommand => MetaReply
 );
 
 /// The catalogue plus a watch that ticks on every change, so the node can reconcile its
@@ -41,7 +41,7 @@ impl GroupStateMachine<MetaConfig> for MetadataStateMachine {
         Persistence::SnapshotOnly
     }
 
-    fn apply(&mut self, _log_id: &LogIdOf<MetaConfig>, command: MetaCommand, _batch: &mut WriteBatch) -> MetaResponse {
+    fn apply(&mut self, _log_id: &LogIdOf<MetaConfig>, command: MetaCommand, _batch: &mut WriteBatch) -> MetaReply {
         self.state.apply(command)
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_metadata::{MetaCommand, MetaConfig, MetaResponse, MetadataState, MetadataStateMachine};
+use flotilla_metadata::{MetaCommand, MetaConfig, MetaReply, MetaResponse, MetadataState, MetadataStateMachine};
 use flotilla_proto::raft::v1::propose_response;
 use flotilla_raft::openraft::Raft;
 use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
@@ -72,9 +72,34 @@ impl Meta {
         Some((leader, NodeInfo { client_address: client_address.unwrap_or(info.client_address), ..info }))
     }
 
-    /// Applies `command` through the metadata leader, retrying leader changes until
-    /// `timeout` passes.
+    /// Applies the catalogue command `command` through the metadata leader, retrying leader
+    /// changes until `timeout` passes.
     pub async fn propose(&self, command: MetaCommand, timeout: Duration) -> Result<MetaResponse, ApiError> {
+        let what = command.to_string();
+        match self.propose_reply(command, timeout).await? {
+            MetaReply::Catalogue(response) => Ok(response),
+            other => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the metadata group answered catalogue command \"{what}\" with {other:?}"),
+            )),
+        }
+    }
+
+    /// Allocates a fresh idempotent-producer id through the metadata leader. A retry after an
+    /// unknown outcome may burn an id; ids are plentiful and never reused, so that is harmless.
+    pub async fn allocate_producer_id(&self, timeout: Duration) -> Result<u64, ApiError> {
+        match self.propose_reply(MetaCommand::AllocateProducerId, timeout).await? {
+            MetaReply::ProducerIdAllocated { producer_id } => Ok(producer_id),
+            other => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the metadata group answered a producer-id allocation with {other:?}"),
+            )),
+        }
+    }
+
+    /// Applies `command` through the metadata leader, retrying leader changes until
+    /// `timeout` passes, and returns the group's reply.
+    async fn propose_reply(&self, command: MetaCommand, timeout: Duration) -> Result<MetaReply, ApiError> {
         let deadline = Instant::now() + timeout;
         let mut last_error = ApiError::new(ErrorCode::Unavailable, "the metadata group has no leader");
         while Instant::now() < deadline {
@@ -108,7 +133,7 @@ impl Meta {
         info: &NodeInfo,
         command: &MetaCommand,
         deadline: Instant,
-    ) -> Result<MetaResponse, ProposeError> {
+    ) -> Result<MetaReply, ProposeError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let reply = self
             .transport

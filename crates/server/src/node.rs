@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_metadata::{MetaCommand, MetadataStateMachine};
@@ -160,6 +160,7 @@ pub async fn run(
         clock,
         engine: Arc::clone(&engine),
         round_robin: AtomicU32::new(0),
+        produce_duplicates: AtomicU64::new(0),
     });
     if let Some(on_metrics) = on_metrics {
         let metrics_state = Arc::clone(&state);
@@ -277,6 +278,16 @@ fn render_metrics(state: &NodeState) -> String {
             replica.watermarks.borrow().high_watermark
         ));
     }
+    out.push_str(
+        "# HELP flotilla_produce_duplicates_total Idempotent batches answered with their first offsets instead of \
+         being appended again.\n",
+    );
+    out.push_str("# TYPE flotilla_produce_duplicates_total counter\n");
+    out.push_str(&format!(
+        "flotilla_produce_duplicates_total{{node=\"{}\"}} {}\n",
+        state.node_id,
+        state.produce_duplicates.load(Ordering::Relaxed)
+    ));
     out.push_str("# HELP flotilla_metadata_term Current term of the metadata group.\n");
     out.push_str("# TYPE flotilla_metadata_term gauge\n");
     out.push_str(&format!("flotilla_metadata_term{{node=\"{}\"}} {}\n", state.node_id, metadata.current_term));

@@ -52,6 +52,13 @@ pub enum ErrorCode {
 
     /// The data directory belongs to another node id.
     NodeIdMismatch = 400,
+
+    /// An idempotent producer's epoch is older than one the partition has seen for the same
+    /// producer id: another session took over. Start a new session.
+    ProducerFenced = 500,
+    /// An idempotent batch is neither the next one the partition expects from the producer
+    /// nor a recent one it already appended; the message names both sequence numbers.
+    OutOfOrderSequence = 501,
 }
 
 impl ErrorCode {
@@ -85,6 +92,8 @@ impl ErrorCode {
             302 => ReplicaNotHere,
             303 => Unavailable,
             400 => NodeIdMismatch,
+            500 => ProducerFenced,
+            501 => OutOfOrderSequence,
             _ => return None,
         })
     }
@@ -127,6 +136,8 @@ impl ErrorCode {
             ReplicaNotHere => "REPLICA_NOT_HERE",
             Unavailable => "UNAVAILABLE",
             NodeIdMismatch => "NODE_ID_MISMATCH",
+            ProducerFenced => "PRODUCER_FENCED",
+            OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
         }
     }
 }
@@ -143,5 +154,17 @@ mod tests {
             }
         }
         assert_eq!(ErrorCode::from_u32(300), Some(ErrorCode::NotLeader));
+    }
+
+    #[test]
+    fn producer_session_codes_are_stable_and_not_retriable() {
+        // The numbers are public API: clients compare them.
+        assert_eq!(ErrorCode::from_u32(500), Some(ErrorCode::ProducerFenced));
+        assert_eq!(ErrorCode::from_u32(501), Some(ErrorCode::OutOfOrderSequence));
+        assert_eq!(ErrorCode::ProducerFenced.name(), "PRODUCER_FENCED");
+        assert_eq!(ErrorCode::OutOfOrderSequence.name(), "OUT_OF_ORDER_SEQUENCE");
+        // Resending the same batch cannot fix either: the session must change.
+        assert!(!ErrorCode::ProducerFenced.is_retriable());
+        assert!(!ErrorCode::OutOfOrderSequence.is_retriable());
     }
 }

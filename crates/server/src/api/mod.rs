@@ -7,7 +7,7 @@ mod fetch;
 mod produce;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use flotilla_metadata::TopicRecord;
@@ -49,6 +49,9 @@ pub struct NodeState {
     pub engine: Arc<dyn Engine>,
     /// Rotates the partition of keyless records (one partition per request).
     pub round_robin: AtomicU32,
+    /// Idempotent batches this node's partitions answered from the producer table instead of
+    /// appending them again (client retries whose first attempt had landed).
+    pub produce_duplicates: AtomicU64,
 }
 
 impl NodeState {

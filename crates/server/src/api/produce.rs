@@ -1,22 +1,24 @@
 //! `ProduceService`: validates a batch, splits it by partition, and appends each part at its
-//! partition's leader (here, or forwarded).
+//! partition's leader (here, or forwarded); starts idempotent producer sessions.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use flotilla_broker::{PartitionCommand, PartitionResponse};
+use flotilla_broker::{PartitionCommand, PartitionRejection, PartitionResponse, ProducerSequence};
 use flotilla_metadata::TopicRecord;
 use flotilla_proto::v1::produce_service_client::ProduceServiceClient;
 use flotilla_proto::v1::produce_service_server::ProduceService;
-use flotilla_proto::v1::{ProduceRequest, ProduceResponse, RecordAck};
+use flotilla_proto::v1::{InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, RecordAck};
 use flotilla_raft::ProposeError;
 use flotilla_types::{ErrorCode, PartitionId, Record, partition_for_key};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::error::from_status;
-use super::{ApiError, FORWARD_TIMEOUT, LEADER_WAIT, NodeState, RETRY_PAUSE, forwarded, is_forwarded};
+use super::{
+    ApiError, FORWARD_TIMEOUT, LEADER_WAIT, METADATA_TIMEOUT, NodeState, RETRY_PAUSE, forwarded, is_forwarded,
+};
 
 /// Serves `flotilla.v1.ProduceService`.
 pub struct ProduceApi {
@@ -36,6 +38,15 @@ impl ProduceService for ProduceApi {
         let forwarded = is_forwarded(&request);
         let request = request.into_inner();
         Ok(Response::new(produce(&self.state, request, forwarded).await?))
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let producer_id = self.state.meta.allocate_producer_id(METADATA_TIMEOUT).await?;
+        // Every id is fresh, so its first epoch is 0; higher epochs are for re-opening an id.
+        Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: 0 }))
     }
 }
 
@@ -79,6 +90,43 @@ fn validate(state: &NodeState, request: &ProduceRequest) -> Result<(), ApiError>
             ),
         ));
     }
+    if let Some(producer) = &request.idempotence {
+        validate_idempotence(request, producer)?;
+    }
+    Ok(())
+}
+
+/// Checks the idempotence fields of a request that has them.
+fn validate_idempotence(
+    request: &ProduceRequest,
+    producer: &flotilla_proto::v1::ProducerSequence,
+) -> Result<(), ApiError> {
+    let invalid = |message: String| Err(ApiError::new(ErrorCode::InvalidRequest, message));
+    if request.partition.is_none() {
+        return invalid(format!(
+            "idempotent produce to topic {:?} (producer {}) names no partition; an idempotent batch must set \
+             `partition` explicitly, because its sequence numbers count the records of one partition",
+            request.topic, producer.producer_id
+        ));
+    }
+    if producer.producer_id == 0 {
+        return invalid(format!(
+            "idempotent produce to topic {:?} carries producer_id 0; producer ids come from InitProducer and \
+             start at 1",
+            request.topic
+        ));
+    }
+    if producer.base_sequence.checked_add(request.records.len() as u64).is_none() {
+        return invalid(format!(
+            "idempotent produce to topic {:?} (producer {}) starts at sequence {} with {} records, past the \
+             largest sequence {}; start a new producer session",
+            request.topic,
+            producer.producer_id,
+            producer.base_sequence,
+            request.records.len(),
+            u64::MAX
+        ));
+    }
     Ok(())
 }
 
@@ -105,11 +153,17 @@ pub async fn produce(state: &NodeState, request: ProduceRequest, forwarded: bool
         slot.0.push(index);
         slot.1.push(Record::from(record));
     }
+    // Validation made sure an idempotent request names its partition: all records are one batch.
+    let producer = request.idempotence.map(|p| ProducerSequence {
+        producer_id: p.producer_id,
+        producer_epoch: p.producer_epoch,
+        base_sequence: p.base_sequence,
+    });
     let count: usize = by_partition.values().map(|(indexes, _)| indexes.len()).sum();
     let appends = by_partition.into_iter().map(|(partition, (indexes, records))| {
         let topic = &topic;
         async move {
-            let base = append(state, topic, partition, records, forwarded).await?;
+            let base = append(state, topic, partition, records, producer, forwarded).await?;
             Ok::<_, ApiError>((partition, indexes, base))
         }
     });
@@ -123,12 +177,15 @@ pub async fn produce(state: &NodeState, request: ProduceRequest, forwarded: bool
     Ok(ProduceResponse { acks })
 }
 
-/// Appends `records` to one partition and returns the base offset they got.
+/// Appends `records` to one partition and returns the base offset they got. With `producer`
+/// the batch is idempotent: the partition appends it at most once, and a retry (by the client,
+/// or here after an unknown outcome) gets the offsets of the first append.
 async fn append(
     state: &NodeState,
     topic: &TopicRecord,
     partition: PartitionId,
     records: Vec<Record>,
+    producer: Option<ProducerSequence>,
     forwarded: bool,
 ) -> Result<u64, ApiError> {
     let group = topic.group(partition);
@@ -138,20 +195,20 @@ async fn append(
         if let Some(replica) = state.partitions.get(group)
             && replica.is_leader(state.node_id)
         {
-            let command = PartitionCommand::Append { records: records.clone(), timestamp_ms: state.clock.now_ms() };
+            let timestamp_ms = state.clock.now_ms();
+            let records = records.clone();
+            let command = match producer {
+                None => PartitionCommand::Append { records, timestamp_ms },
+                Some(producer) => PartitionCommand::AppendIdempotent { records, timestamp_ms, producer },
+            };
             match replica.raft.client_write(command).await {
-                Ok(response) => match response.data {
-                    PartitionResponse::Appended { base_offset, .. } => return Ok(base_offset),
-                    PartitionResponse::Done => {
-                        return Err(ApiError::new(
-                            ErrorCode::Internal,
-                            format!("{what}: append applied without offsets"),
-                        ));
-                    }
-                },
+                Ok(response) => return append_outcome(state, &what, response.data),
                 Err(err) => match flotilla_raft::endpoint_propose_error(err) {
                     // Lost leadership before appending: nothing was written, try again.
                     ProposeError::NotLeader { .. } => {}
+                    // The entry may or may not commit; an idempotent batch can simply be sent
+                    // again: if the first one commits, the partition answers its offsets.
+                    ProposeError::OutcomeUnknown { .. } if producer.is_some() && Instant::now() < deadline => {}
                     other => return Err(ApiError::from_propose(&what, other)),
                 },
             }
@@ -167,6 +224,11 @@ async fn append(
                     topic: topic.name.clone(),
                     partition: Some(partition),
                     records: records.iter().cloned().map(Into::into).collect(),
+                    idempotence: producer.map(|p| flotilla_proto::v1::ProducerSequence {
+                        producer_id: p.producer_id,
+                        producer_epoch: p.producer_epoch,
+                        base_sequence: p.base_sequence,
+                    }),
                 };
                 match ProduceServiceClient::new(channel)
                     .max_encoding_message_size(usize::MAX)
@@ -183,12 +245,16 @@ async fn append(
                         // Retry only when the records were certainly not appended: the leader
                         // said it does not lead, or the connection was never made. After any
                         // other failure (a reset mid-request, a timeout) the append may have
-                        // happened, and a retry here would store the records twice.
+                        // happened, and a retry here would store the records twice — unless
+                        // the batch is idempotent: then the partition answers a retry of an
+                        // appended batch with its first offsets, so every failure that is not
+                        // a refusal (a transport error, a retriable code) is retried.
                         let wire = flotilla_proto::error::WireError::from_status(&status);
                         let not_appended =
                             matches!(wire.code, Some(ErrorCode::NotLeader | ErrorCode::LeaderUnavailable))
                                 || (wire.code.is_none() && never_connected(&status));
-                        if !not_appended || Instant::now() >= deadline {
+                        let deduplicated = producer.is_some() && wire.code.is_none_or(|code| code.is_retriable());
+                        if !(not_appended || deduplicated) || Instant::now() >= deadline {
                             return Err(from_status(&status));
                         }
                     }
@@ -203,6 +269,27 @@ async fn append(
             ));
         }
         tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The offsets of an applied append, or the error its refusal maps to.
+fn append_outcome(state: &NodeState, what: &str, response: PartitionResponse) -> Result<u64, ApiError> {
+    match response {
+        PartitionResponse::Appended { base_offset, .. } => Ok(base_offset),
+        PartitionResponse::Duplicate { base_offset, .. } => {
+            state.produce_duplicates.fetch_add(1, Ordering::Relaxed);
+            Ok(base_offset)
+        }
+        PartitionResponse::Rejected(rejection) => {
+            let code = match rejection {
+                PartitionRejection::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+                PartitionRejection::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            };
+            Err(ApiError::new(code, format!("{what}: {rejection}")))
+        }
+        PartitionResponse::Done => {
+            Err(ApiError::new(ErrorCode::Internal, format!("{what}: append applied without offsets")))
+        }
     }
 }
 
