@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
+use crate::idempotent_producer::IdempotentProducer;
 use crate::plan::{SubBatchOutcome, check_acks, reassemble, split};
 use crate::router::{Router, Target, request};
 
@@ -181,7 +182,7 @@ impl Client {
     /// [`ClientError::PartiallyAcknowledged`], which says which records landed.
     ///
     /// Retries after a timeout or a lost connection may append a record twice (at-least-once);
-    /// the idempotent producer will remove that.
+    /// an [`IdempotentProducer`] (from [`Client::idempotent_producer`]) never duplicates.
     pub async fn produce(
         &self,
         topic: &str,
@@ -189,19 +190,19 @@ impl Client {
         records: Vec<v1::Record>,
     ) -> Result<Vec<v1::RecordAck>, ClientError> {
         if let Some(partition) = partition {
-            return self.produce_to(topic, Some(partition), records).await;
+            return self.produce_to(topic, Some(partition), records, None).await;
         }
         let partitions = match self.router.partition_count(topic).await {
             Some(count) if count > 0 && !records.is_empty() => count,
             // Unknown topic, an empty batch or no metadata: let a node route the request (and
             // name the problem in its error, if there is one).
-            _ => return self.produce_to(topic, None, records).await,
+            _ => return self.produce_to(topic, None, records, None).await,
         };
         let keyless_partition = self.keyless_cursor.fetch_add(1, Ordering::Relaxed) % partitions;
         let total = records.len();
         let batches = split(records, partitions, keyless_partition);
         let sends = batches.into_iter().map(|batch| async move {
-            let result = self.produce_to(topic, Some(batch.partition), batch.records).await;
+            let result = self.produce_to(topic, Some(batch.partition), batch.records, None).await;
             (batch.partition, batch.positions, result) as SubBatchOutcome
         });
         reassemble(total, join_all(sends).await)
@@ -245,16 +246,38 @@ impl Client {
         Ok(response.partitions)
     }
 
+    /// Starts an idempotent producer session on the cluster: a fresh producer id (never handed
+    /// out before) and its epoch. [`Client::idempotent_producer`] wraps it in a session that
+    /// numbers and retries batches; use this only to speak the wire protocol yourself.
+    pub async fn init_producer(&self) -> Result<v1::InitProducerResponse, ClientError> {
+        self.router
+            .call("init producer", Target::Any, Duration::ZERO, |channel, timeout| {
+                let mut stub = self.produce_stub(channel);
+                let request = request(v1::InitProducerRequest {}, timeout);
+                async move { stub.init_producer(request).await }
+            })
+            .await
+    }
+
+    /// Starts an [`IdempotentProducer`] session: produce whose retries never append a batch
+    /// twice.
+    pub async fn idempotent_producer(&self) -> Result<IdempotentProducer, ClientError> {
+        let session = self.init_producer().await?;
+        Ok(IdempotentProducer::new(self.clone(), session.producer_id, session.producer_epoch))
+    }
+
     /// One produce request: to the partition's leader when `partition` is given, else to any
-    /// broker (which places the records itself).
-    async fn produce_to(
+    /// broker (which places the records itself). `idempotence` makes it an idempotent
+    /// producer's batch (it needs `partition`); every retry resends it unchanged.
+    pub(crate) async fn produce_to(
         &self,
         topic: &str,
         partition: Option<PartitionId>,
         records: Vec<v1::Record>,
+        idempotence: Option<v1::ProducerSequence>,
     ) -> Result<Vec<v1::RecordAck>, ClientError> {
         let expected = records.len();
-        let message = v1::ProduceRequest { topic: topic.to_string(), partition, records, idempotence: None };
+        let message = v1::ProduceRequest { topic: topic.to_string(), partition, records, idempotence };
         let target = match partition {
             Some(partition) => Target::Leader { topic, partition },
             None => Target::Any,

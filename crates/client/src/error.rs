@@ -54,6 +54,27 @@ pub enum ClientError {
         #[source]
         source: Box<ClientError>,
     },
+    /// An [`crate::IdempotentProducer`] cannot send other records to this partition yet: an
+    /// earlier batch failed without a definite answer, so it may or may not have been appended.
+    /// Sending that batch's records again settles it (exactly once either way); a new session
+    /// abandons it.
+    #[error(
+        "the batch of {records} records at sequence {base_sequence} from producer {producer_id} to {topic}/{partition} \
+         may or may not have been appended; send the same records again to settle it, or start a new producer \
+         session"
+    )]
+    SequenceInDoubt {
+        /// The session's producer id.
+        producer_id: u64,
+        /// Topic of the unsettled batch.
+        topic: String,
+        /// Partition of the unsettled batch.
+        partition: u32,
+        /// Its sequence number.
+        base_sequence: u64,
+        /// How many records it holds.
+        records: usize,
+    },
     /// The server's answer breaks the API contract (e.g. fewer acks than records).
     #[error("unexpected answer to {operation}: {detail}")]
     Protocol {

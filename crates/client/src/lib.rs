@@ -4,12 +4,15 @@
 //! Layout: [`Client`] (`client.rs`) holds the API calls; `router.rs` owns the connections,
 //! the metadata cache and the retry loop, so a batching `Producer` or a group `Consumer`
 //! can be layered on the same router later; `plan.rs` splits a produce call across
-//! partitions and puts the acknowledgements back in request order.
+//! partitions and puts the acknowledgements back in request order;
+//! [`IdempotentProducer`] (`idempotent_producer.rs`) numbers batches so retries never
+//! duplicate them.
 
 mod backoff;
 mod client;
 mod config;
 mod error;
+mod idempotent_producer;
 mod metadata_cache;
 mod plan;
 mod router;
@@ -17,6 +20,7 @@ mod router;
 pub use client::Client;
 pub use config::ClientConfig;
 pub use error::ClientError;
+pub use idempotent_producer::IdempotentProducer;
 pub use flotilla_proto::error::{LeaderHint, WireError};
 pub use flotilla_proto::net::{Connector, tcp_connector};
 pub use flotilla_proto::v1;

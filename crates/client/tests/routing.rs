@@ -29,7 +29,19 @@ struct Cluster {
     produces: Vec<(u64, Option<u32>)>,
     /// When set, every produce fails with this code and message.
     fail_with: Option<(ErrorCode, String)>,
+    /// Producer ids handed out so far.
+    producer_ids: u64,
+    /// Idempotent batches appended per (producer, partition), like a partition's producer table.
+    batches: BTreeMap<(u64, u32), Vec<AppendedBatch>>,
+    /// Idempotent requests received: (partition, base sequence, records).
+    sequences: Vec<(u32, u64, usize)>,
+    /// Replies to drop after appending (the client sees a timeout), as when a leader commits a
+    /// batch but its answer never arrives.
+    lose_replies: usize,
 }
+
+/// An idempotent batch the fake appended: (base sequence, count, base offset).
+type AppendedBatch = (u64, usize, u64);
 
 #[derive(Clone)]
 struct FakeNode {
@@ -58,11 +70,35 @@ impl ProduceService for FakeNode {
                 Some(&hint),
             ));
         }
+        let count = request.records.len();
+        if let Some(producer) = &request.idempotence {
+            cluster.sequences.push((partition, producer.base_sequence, count));
+            let seen = cluster.batches.entry((producer.producer_id, partition)).or_default();
+            if let Some((_, _, base)) = seen.iter().find(|(seq, n, _)| *seq == producer.base_sequence && *n == count) {
+                let acks = (0..count as u64).map(|i| v1::RecordAck { partition, offset: base + i }).collect();
+                return Ok(Response::new(v1::ProduceResponse { acks }));
+            }
+            let expected = seen.last().map_or(0, |(seq, n, _)| seq + *n as u64);
+            if producer.base_sequence != expected {
+                let message = format!("expected sequence {expected}, got {}", producer.base_sequence);
+                return Err(status(ErrorCode::OutOfOrderSequence, message, None));
+            }
+            let base = cluster.next_offset[partition as usize];
+            cluster.batches.entry((producer.producer_id, partition)).or_default().push((
+                producer.base_sequence,
+                count,
+                base,
+            ));
+        }
         let mut acks = Vec::new();
         for _ in &request.records {
             let offset = cluster.next_offset[partition as usize];
             cluster.next_offset[partition as usize] += 1;
             acks.push(v1::RecordAck { partition, offset });
+        }
+        if cluster.lose_replies > 0 {
+            cluster.lose_replies -= 1;
+            return Err(status(ErrorCode::Timeout, "the reply was lost", None));
         }
         Ok(Response::new(v1::ProduceResponse { acks }))
     }
@@ -71,7 +107,9 @@ impl ProduceService for FakeNode {
         &self,
         _: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
-        Err(Status::unimplemented("the idempotent producer is not faked yet"))
+        let mut cluster = self.cluster.lock();
+        cluster.producer_ids += 1;
+        Ok(Response::new(v1::InitProducerResponse { producer_id: cluster.producer_ids, producer_epoch: 0 }))
     }
 }
 
@@ -242,4 +280,79 @@ async fn an_unreachable_cluster_fails_with_the_address_and_cause() {
     let chain = format!("{error}: {}", error.wire().expect("a wire error").message);
     assert!(chain.contains(&dead), "{chain}");
     assert!(matches!(error, ClientError::RetriesExhausted { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn an_idempotent_retry_after_a_lost_reply_gets_the_first_offsets() {
+    let (cluster, addresses) = start_cluster(1, vec![1]).await;
+    cluster.lock().lose_replies = 1;
+    let client = Client::connect(addresses, config()).expect("valid address");
+    let producer = client.idempotent_producer().await.expect("session");
+    assert_eq!(producer.producer_id(), 1);
+    let acks = producer.send("t", 0, keyed(&["a", "b"])).await.expect("the retry succeeds");
+    assert_eq!(acks, [v1::RecordAck { partition: 0, offset: 0 }, v1::RecordAck { partition: 0, offset: 1 }]);
+    let acks = producer.send("t", 0, keyed(&["c"])).await.expect("next batch");
+    assert_eq!(acks, [v1::RecordAck { partition: 0, offset: 2 }]);
+    let cluster = cluster.lock();
+    // The lost reply's batch was resent under the same sequence; the next batch went on from it.
+    assert_eq!(cluster.sequences, [(0, 0, 2), (0, 0, 2), (0, 2, 1)]);
+    assert_eq!(cluster.next_offset, [3], "nothing was appended twice");
+}
+
+#[tokio::test]
+async fn an_unsettled_batch_must_be_resent_before_other_records() {
+    let (cluster, addresses) = start_cluster(1, vec![1]).await;
+    let client = Client::connect(addresses, config()).expect("valid address");
+    let producer = client.idempotent_producer().await.expect("session");
+    cluster.lock().fail_with = Some((ErrorCode::LeaderUnavailable, "election in progress".into()));
+    let error = producer.send("t", 0, keyed(&["a"])).await.expect_err("never succeeds");
+    assert!(error.is_retriable(), "{error:?}");
+    let produces = cluster.lock().produces.len();
+    let error = producer.send("t", 0, keyed(&["b"])).await.expect_err("in doubt");
+    assert!(matches!(error, ClientError::SequenceInDoubt { base_sequence: 0, records: 1, .. }), "{error:?}");
+    assert_eq!(cluster.lock().produces.len(), produces, "refused without a request");
+    cluster.lock().fail_with = None;
+    let acks = producer.send("t", 0, keyed(&["a"])).await.expect("the same records settle it");
+    assert_eq!(acks, [v1::RecordAck { partition: 0, offset: 0 }]);
+    let acks = producer.send("t", 0, keyed(&["b"])).await.expect("then others go on");
+    assert_eq!(acks, [v1::RecordAck { partition: 0, offset: 1 }]);
+    assert_eq!(cluster.lock().sequences.last(), Some(&(0, 1, 1)));
+}
+
+#[tokio::test]
+async fn a_fenced_session_refuses_every_later_send() {
+    let (cluster, addresses) = start_cluster(1, vec![1]).await;
+    let client = Client::connect(addresses, config()).expect("valid address");
+    let producer = client.idempotent_producer().await.expect("session");
+    cluster.lock().fail_with = Some((ErrorCode::ProducerFenced, "producer 1 epoch 0 is fenced".into()));
+    let error = producer.send("t", 0, keyed(&["a"])).await.expect_err("fenced");
+    assert_eq!(error.code(), Some(ErrorCode::ProducerFenced));
+    assert_eq!(cluster.lock().produces.len(), 1, "a refusal is not retried");
+    cluster.lock().fail_with = None;
+    let error = producer.send("t", 0, keyed(&["b"])).await.expect_err("still fenced");
+    assert_eq!(error.code(), Some(ErrorCode::ProducerFenced));
+    assert_eq!(cluster.lock().produces.len(), 1, "a fenced session sends nothing more");
+}
+
+#[tokio::test]
+async fn keyed_sends_number_each_partition_on_its_own() {
+    let (cluster, addresses) = start_cluster(3, vec![1, 2, 3]).await;
+    let client = Client::connect(vec![addresses[0].clone()], config()).expect("valid address");
+    let producer = client.idempotent_producer().await.expect("session");
+    let keys: Vec<String> = (0..30).map(|i| format!("key-{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    for _ in 0..2 {
+        let acks = producer.send_keyed("t", keyed(&key_refs)).await.expect("send");
+        for (key, ack) in keys.iter().zip(&acks) {
+            assert_eq!(ack.partition, flotilla_types::partition_for_key(key.as_bytes(), 3), "{key}");
+        }
+    }
+    let cluster = cluster.lock();
+    for partition in 0..3 {
+        let sent: Vec<(u64, usize)> =
+            cluster.sequences.iter().filter(|(p, _, _)| *p == partition).map(|(_, seq, n)| (*seq, *n)).collect();
+        assert_eq!(sent.len(), 2, "partition {partition}: {sent:?}");
+        assert_eq!(sent[0].0, 0, "each partition starts at 0: {sent:?}");
+        assert_eq!(sent[1].0, sent[0].1 as u64, "and goes on from its own last batch: {sent:?}");
+    }
 }
