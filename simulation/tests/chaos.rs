@@ -31,6 +31,8 @@ fn a_minute_of_rotating_faults_against_real_processes_loses_nothing() {
     let run_dir = std::env::temp_dir().join(format!("flotilla-chaos-test-{id}"));
     let output = Command::new(&chaos)
         .args(["--seconds", &seconds.to_string(), "--seed", "42", "--nodes", "5"])
+        // Shorter episodes than the default 5-20 s: more faults in the minute.
+        .args(["--episode-min-secs", "4", "--episode-max-secs", "10"])
         .arg("--run-dir")
         .arg(&run_dir)
         .args(["--net-tag", &format!("t{}", id % 1000)])

@@ -103,6 +103,12 @@ struct Flags {
     /// First port on loopback (three per node).
     #[arg(long, default_value_t = 17100)]
     port_base: u16,
+    /// Shortest fault episode (a fault, its healing, and calm until the next pick), seconds.
+    #[arg(long, default_value_t = nemesis::EPISODE_MIN.as_secs())]
+    episode_min_secs: u64,
+    /// Longest fault episode, seconds.
+    #[arg(long, default_value_t = nemesis::EPISODE_MAX.as_secs())]
+    episode_max_secs: u64,
     /// Concurrent producers.
     #[arg(long, default_value_t = 4)]
     producers: u32,
@@ -159,6 +165,12 @@ async fn main_async(flags: Flags) -> anyhow::Result<bool> {
         flotilla.display()
     );
     ensure!(flags.nodes >= 3, "--nodes {}: chaos needs at least 3 nodes", flags.nodes);
+    ensure!(
+        flags.episode_min_secs >= 1 && flags.episode_min_secs <= flags.episode_max_secs,
+        "--episode-min-secs {} must be at least 1 and at most --episode-max-secs {}",
+        flags.episode_min_secs,
+        flags.episode_max_secs
+    );
     std::fs::create_dir_all(&flags.run_dir).with_context(|| format!("creating {}", flags.run_dir.display()))?;
     let run_dir = flags.run_dir.canonicalize().context("resolving --run-dir")?;
     let _lock = lock_run(&flags.net_tag)?;
@@ -273,9 +285,11 @@ async fn run_recorded(
         format!("cluster ready; topic {TOPIC:?} with {} partitions; workload running", layout.partitions.len()),
     );
 
-    let window_start = recorder.now();
     tokio::time::sleep(WARM_UP).await;
-    let nemesis = Nemesis::new(Arc::clone(supervisor), Arc::clone(network), Arc::clone(recorder), layout.clone(), seed);
+    let window_start = recorder.now();
+    let episodes = (Duration::from_secs(flags.episode_min_secs), Duration::from_secs(flags.episode_max_secs));
+    let nemesis =
+        Nemesis::new(Arc::clone(supervisor), Arc::clone(network), Arc::clone(recorder), layout.clone(), seed, episodes);
     let mut nemesis = nemesis.run(Instant::now() + fault_time).await?;
     let window_end = recorder.now();
 

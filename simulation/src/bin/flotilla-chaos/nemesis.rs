@@ -28,9 +28,9 @@ use crate::recorder::Recorder;
 use crate::supervisor::{Health, Supervisor};
 use crate::timeline::Snapshot;
 
-/// Shortest and longest fault episode.
-const EPISODE_MIN: Duration = Duration::from_secs(5);
-const EPISODE_MAX: Duration = Duration::from_secs(20);
+/// Shortest and longest fault episode, unless the caller asks otherwise.
+pub const EPISODE_MIN: Duration = Duration::from_secs(5);
+pub const EPISODE_MAX: Duration = Duration::from_secs(20);
 /// Longest wait before a killed node is restarted.
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(10);
 /// Longest wait before the nodes of a whole-cluster kill are restarted.
@@ -43,7 +43,9 @@ const PAUSE_MAX: Duration = Duration::from_secs(8);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the nemesis looks for nodes that exited on their own while it waits.
 const EXIT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// Weight of a quiet spell against the sum of the fault weights: about a quarter of the picks.
+/// Weight of a quiet spell against the sum of the fault weights (78). A quiet spell never
+/// follows another, so about a fifth of the episodes are quiet; without that rule a short run
+/// could be all quiet (seed 42 of a one-minute run was).
 const QUIET_WEIGHT: u32 = 26;
 
 /// The faults the nemesis injects.
@@ -159,17 +161,21 @@ pub struct Nemesis {
     layout: Layout,
     rng: StdRng,
     kinds: Vec<(FaultKind, u32)>,
+    /// Shortest and longest episode.
+    episodes: (Duration, Duration),
     report: NemesisReport,
 }
 
 impl Nemesis {
-    /// A nemesis seeded with `seed`; without network namespaces it skips network faults.
+    /// A nemesis seeded with `seed` whose episodes last `episodes.0..=episodes.1`; without
+    /// network namespaces it skips network faults.
     pub fn new(
         supervisor: Arc<Supervisor>,
         network: Arc<Network>,
         recorder: Arc<Recorder>,
         layout: Layout,
         seed: u64,
+        episodes: (Duration, Duration),
     ) -> Nemesis {
         let partitions = network.can_partition();
         let kinds = FaultKind::WEIGHTED.into_iter().filter(|(kind, _)| partitions || !kind.needs_network()).collect();
@@ -180,6 +186,7 @@ impl Nemesis {
             layout,
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
             kinds,
+            episodes: (episodes.0, episodes.1.max(episodes.0)),
             report: NemesisReport::default(),
         }
     }
@@ -189,16 +196,19 @@ impl Nemesis {
     /// into the report instead.
     pub async fn run(mut self, until: Instant) -> anyhow::Result<NemesisReport> {
         self.observe();
+        let mut last_quiet = false;
         loop {
             // A node that crashed on its own during a quiet spell is started again here.
             self.heal_all().await.context("healing before a fault")?;
             let left = until.saturating_duration_since(Instant::now());
-            if left < EPISODE_MIN {
+            let (shortest, longest) = self.episodes;
+            if left < shortest {
                 self.wait(left).await;
                 break;
             }
-            let length = self.rng.random_range(EPISODE_MIN..=EPISODE_MAX.min(left));
-            let total_weight: u32 = self.kinds.iter().map(|(_, weight)| weight).sum::<u32>() + QUIET_WEIGHT;
+            let length = self.rng.random_range(shortest..=longest.min(left));
+            let quiet_weight = if last_quiet { 0 } else { QUIET_WEIGHT };
+            let total_weight: u32 = self.kinds.iter().map(|(_, weight)| weight).sum::<u32>() + quiet_weight;
             let mut pick = self.rng.random_range(0..total_weight);
             let mut chosen = None;
             for (kind, weight) in &self.kinds {
@@ -208,10 +218,13 @@ impl Nemesis {
                 }
                 pick -= weight;
             }
+            last_quiet = chosen.is_none();
             match chosen {
                 None => {
                     self.report.quiet += 1;
-                    self.say(format!("quiet for {:.1}s", length.as_secs_f64()));
+                    let text = format!("quiet for {:.1}s", length.as_secs_f64());
+                    self.recorder.event(json!({ "type": "quiet", "detail": text }));
+                    self.say(text);
                     self.wait(length).await;
                 }
                 Some(kind) => {
@@ -235,6 +248,10 @@ impl Nemesis {
                 let (victim, why) = self.target(kind == FaultKind::KillLeader).await;
                 let delay = self.rng.random_range(Duration::ZERO..=RESTART_DELAY_MAX.min(length));
                 self.fault(kind, &[victim], format!("SIGKILL n{victim}{why}, restart after {}", secs(delay)));
+                if self.supervisor.health(victim) == Health::Down {
+                    // It exited on its own a moment ago (reported as such); nothing to kill.
+                    return Ok(());
+                }
                 self.supervisor.kill(victim)?;
                 self.observe();
                 self.wait(delay).await;
@@ -258,6 +275,9 @@ impl Nemesis {
                 let (victim, why) = self.target(kind == FaultKind::PauseLeader).await;
                 let pause = self.rng.random_range(PAUSE_MIN..=PAUSE_MAX.min(length).max(PAUSE_MIN));
                 self.fault(kind, &[victim], format!("SIGSTOP n{victim}{why} for {}", secs(pause)));
+                if self.supervisor.health(victim) == Health::Down {
+                    return Ok(());
+                }
                 self.supervisor.pause(victim)?;
                 self.observe();
                 self.wait(pause).await;
@@ -268,6 +288,9 @@ impl Nemesis {
             FaultKind::Restart => {
                 let victim = *nodes.choose(&mut self.rng).expect("a cluster has nodes");
                 self.fault(kind, &[victim], format!("SIGTERM n{victim}, then start it again"));
+                if self.supervisor.health(victim) == Health::Down {
+                    return Ok(());
+                }
                 match self.supervisor.terminate(victim, STOP_TIMEOUT).await {
                     Ok(status) if !status.success() => {
                         self.note(format!("n{victim} exited with {status} after SIGTERM"));

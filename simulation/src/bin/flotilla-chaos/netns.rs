@@ -203,7 +203,12 @@ impl Network {
         self.blocked.lock().clear();
         let mut errors = Vec::new();
         for id in 1..=self.nodes {
-            // Deleting a namespace destroys the veth end inside it, and with it the peer end.
+            // Deleting the root end of a veth deletes both ends. Deleting the namespace alone
+            // would not do: it lives on while anything holds it, and the sockets of a killed
+            // node still retransmitting into a cut link do, for minutes.
+            if let Err(error) = ip(&["link", "del", &self.veth(id).0]) {
+                errors.push(format!("{error:#}"));
+            }
             if let Err(error) = ip(&["netns", "del", &self.namespace(id)]) {
                 errors.push(format!("{error:#}"));
             }

@@ -2,10 +2,11 @@
 //! the end with the workload's trace into `history.jsonl`, one JSON object per line in time
 //! order (for people and for other checkers; the checker's own input is `history.json`).
 //!
-//! Lines carry `t_ms`, monotonic milliseconds since the run began, and a `type`: `fault` and
-//! `heal` for the nemesis, `faulty` for each change of the fault state, `crash` for a node
-//! that exited on its own, `note` for the harness's remarks, and `trace` for each line of the
-//! workload's trace (acknowledgements with partition, offset and value; failed attempts).
+//! Lines carry `t_ms`, monotonic milliseconds since the run began, and a `type`: `fault`,
+//! `quiet` and `heal` for the nemesis, `faulty` for each change of the fault state, `crash`
+//! for a node that exited on its own, `note` for the harness's remarks, `ack` for each
+//! acknowledged record (partition, offset, value; the value names its producer), and `trace`
+//! for the workload's other trace lines (failed attempts, fetch errors).
 
 use std::fs::File;
 use std::io::{BufWriter, Write as _};

@@ -56,7 +56,18 @@ impl Snapshot {
             parts.push(format!("paused {}", list(&self.paused)));
         }
         if !self.blocked.is_empty() {
-            let cuts: Vec<String> = self.blocked.iter().map(|(from, to)| format!("n{from}->{to}")).collect();
+            // A link cut both ways reads "n1-n2"; one way, "n1->n2".
+            let mut cuts = Vec::new();
+            for (from, to) in &self.blocked {
+                match to {
+                    Peer::Node(to) if self.blocked.contains(&(*to, Peer::Node(*from))) => {
+                        if from < to {
+                            cuts.push(format!("n{from}-n{to}"));
+                        }
+                    }
+                    to => cuts.push(format!("n{from}->{to}")),
+                }
+            }
             parts.push(format!("cut {}", cuts.join(",")));
         }
         if parts.is_empty() { "no faults".into() } else { parts.join("; ") }
