@@ -7,10 +7,10 @@
 //! simulation uses judges the history. Exit status: 0 pass, 1 violations, 2 the harness broke.
 //!
 //! Layout: `netns.rs` (namespaces, bridge, cut links), `supervisor.rs` (the node processes,
-//! signalled only by their own PIDs), `nemesis.rs` (the fault rotation), `workload.rs`
-//! (producers, consumers, drain, digests), `timeline.rs` (who was faulty when; availability),
-//! `recorder.rs` (the JSONL history), `probe.rs` (direct questions to one node), `report.rs`
-//! (the summary).
+//! signalled only by their own PIDs), `nemesis.rs` (the fault rotation), `workload.rs` (the
+//! simulation's workload set up for real sockets), `timeline.rs` (who was faulty when;
+//! availability), `recorder.rs` (the JSONL history), `probe.rs` (direct questions to one
+//! node), `report.rs` (the summary).
 //!
 //! ```text
 //! cargo build --release --workspace --all-targets
@@ -211,8 +211,14 @@ async fn main_async(flags: Flags) -> anyhow::Result<bool> {
     print!("{}", summary.render());
     if !summary.passed() {
         println!(
-            "replay the fault schedule (timing will differ): flotilla-chaos --seed {seed} --seconds {}",
-            flags.fault_time().as_secs()
+            "replay the fault schedule (timing will differ): flotilla-chaos --seed {seed} --seconds {} \
+             --episode-min-secs {} --episode-max-secs {} --producers {} --partitions {} --replication-factor {}",
+            flags.fault_time().as_secs(),
+            flags.episode_min_secs,
+            flags.episode_max_secs,
+            flags.producers,
+            flags.partitions,
+            flags.replication_factor
         );
     }
     Ok(summary.passed())
