@@ -9,3 +9,4 @@ mod cluster_formation;
 mod failover;
 mod forwarding;
 mod produce_consume;
+mod wiped_disk;

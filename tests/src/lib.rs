@@ -256,6 +256,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts stopped node `id` again, expecting it to refuse to start: waits up to `timeout`
+    /// for the process to exit on its own and returns its exit status and what it printed
+    /// during this run. Fails (after a SIGKILL) if it is still running at the deadline.
+    pub async fn start_expecting_exit(&self, id: u64, timeout: Duration) -> anyhow::Result<(ExitStatus, String)> {
+        let node = self.node(id);
+        let start = std::fs::metadata(&node.log_path).map_or(0, |m| m.len());
+        self.spawn_node(node)?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            {
+                let mut process = lock(&node.process);
+                let child = process.as_mut().with_context(|| format!("node {id} is not running"))?;
+                if let Some(status) = child.try_wait().with_context(|| format!("waiting for node {id}"))? {
+                    process.take();
+                    break status;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    process.take();
+                    bail!(
+                        "node {id} was expected to refuse to start but still ran after {timeout:?} (killed it)\n{}",
+                        self.log_tail(id, LOG_TAIL_LINES)
+                    );
+                }
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        };
+        let bytes = std::fs::read(&node.log_path).with_context(|| format!("reading {}", node.log_path.display()))?;
+        let printed = usize::try_from(start).ok().and_then(|start| bytes.get(start..)).unwrap_or_default();
+        let printed = String::from_utf8_lossy(printed).into_owned();
+        Ok((status, printed))
+    }
+
     /// Waits until every running node answers clients, every node of the cluster is live and
     /// the metadata group has a leader.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {

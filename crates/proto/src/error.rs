@@ -28,7 +28,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         TopicExists => tonic::Code::AlreadyExists,
         OffsetOutOfRange | PartitionOutOfRange => tonic::Code::OutOfRange,
         ReplicationFactorTooLarge => tonic::Code::FailedPrecondition,
-        NodeIdMismatch | ProducerFenced | OutOfOrderSequence => tonic::Code::FailedPrecondition,
+        NodeIdMismatch | WipedDisk | ProducerFenced | OutOfOrderSequence => tonic::Code::FailedPrecondition,
         InvalidRequest
         | InvalidTopicName
         | InvalidPartitionCount

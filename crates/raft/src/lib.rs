@@ -28,7 +28,7 @@ pub use log_store::{LogStore, PurgeMode};
 pub use network::GroupNetworkFactory;
 pub use node_info::NodeInfo;
 pub use registry::GroupRegistry;
-pub use service::RaftTransportService;
+pub use service::{Introduction, Introductions, RaftTransportService};
 pub use state_machine::{GroupStateMachine, Persistence, StateMachineStore};
 pub use transport::{Transport, TransportConfig};
 pub use type_config::{GroupConfig, Runtime, scoped};

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flotilla_proto::raft::v1::{
-    BatchRequest, BatchResponse, GroupReply, MessageKind, ProposeRequest, ProposeResponse, SnapshotChunk,
-    SnapshotReply, group_reply, propose_response, raft_transport_server::RaftTransport,
+    BatchRequest, BatchResponse, GroupReply, IntroduceRequest, IntroduceResponse, MessageKind, ProposeRequest,
+    ProposeResponse, SnapshotChunk, SnapshotReply, group_reply, propose_response, raft_transport_server::RaftTransport,
 };
 use flotilla_types::{GroupId, NodeId};
 use futures::StreamExt;
@@ -17,16 +17,37 @@ use crate::{GroupRegistry, ProposeError, encode};
 /// Largest snapshot accepted, in bytes. Bounds memory against a corrupt or hostile stream.
 const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024;
 
+/// This node's answer to a peer asking "does your catalogue list node N?" (the `Introduce`
+/// RPC). The application decides what its catalogue is; this crate only carries the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Introduction {
+    /// The catalogue lists the node: it has registered, so it has run before.
+    pub registered: bool,
+    /// The answer is usable; false while this node cannot tell yet (its state is loading).
+    pub catalogue_known: bool,
+}
+
+/// Answers introductions: called with the asking node's id.
+pub type Introductions = Arc<dyn Fn(NodeId) -> Introduction + Send + Sync>;
+
 /// Serves `raft.v1.RaftTransport` for the groups in a registry.
 pub struct RaftTransportService {
     node_id: NodeId,
     registry: Arc<GroupRegistry>,
+    introductions: Option<Introductions>,
 }
 
 impl RaftTransportService {
-    /// The service of node `node_id`.
+    /// The service of node `node_id`. It answers `Introduce` with `Unimplemented` until given
+    /// [`with_introductions`](Self::with_introductions).
     pub fn new(node_id: NodeId, registry: Arc<GroupRegistry>) -> Self {
-        RaftTransportService { node_id, registry }
+        RaftTransportService { node_id, registry, introductions: None }
+    }
+
+    /// Answers `Introduce` with `answer`.
+    pub fn with_introductions(mut self, answer: Introductions) -> Self {
+        self.introductions = Some(answer);
+        self
     }
 
     fn check_target(&self, to_node: NodeId) -> Result<(), Status> {
@@ -123,5 +144,14 @@ impl RaftTransport for RaftTransportService {
             Err(err) => propose_response::Result::Error(encode(&err).into()),
         };
         Ok(Response::new(ProposeResponse { result: Some(result) }))
+    }
+
+    async fn introduce(&self, request: Request<IntroduceRequest>) -> Result<Response<IntroduceResponse>, Status> {
+        let asked = request.into_inner().node_id;
+        let Some(answer) = &self.introductions else {
+            return Err(Status::unimplemented(format!("node {} does not answer introductions", self.node_id)));
+        };
+        let Introduction { registered, catalogue_known } = answer(asked);
+        Ok(Response::new(IntroduceResponse { responder_id: self.node_id, registered, catalogue_known }))
     }
 }

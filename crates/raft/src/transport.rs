@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_proto::net::{ChannelSettings, Connector, channel};
 use flotilla_proto::raft::v1::{
-    BatchRequest, GroupMessage, MessageKind, ProposeRequest, ProposeResponse, SnapshotChunk, group_reply,
-    raft_transport_client::RaftTransportClient,
+    BatchRequest, GroupMessage, IntroduceRequest, IntroduceResponse, MessageKind, ProposeRequest, ProposeResponse,
+    SnapshotChunk, group_reply, raft_transport_client::RaftTransportClient,
 };
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use parking_lot::Mutex;
@@ -237,6 +237,29 @@ impl Transport {
         match tokio::time::timeout(timeout, client.propose(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(SendError::Unreachable { node: target, message: status.message().to_string() }),
+            Err(_) => Err(SendError::Unreachable { node: target, message: format!("no reply within {timeout:?}") }),
+        }
+    }
+
+    /// Asks `target` whether its catalogue lists this node (see `Introduce` in raft.proto).
+    pub async fn introduce(
+        &self,
+        target: NodeId,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<IntroduceResponse, SendError> {
+        let peer = self.peer(target, address)?;
+        let mut client = peer.client.clone();
+        let request = IntroduceRequest { node_id: self.node_id };
+        match tokio::time::timeout(timeout, client.introduce(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => {
+                let message = format!("{:?}: {}", status.code(), status.message());
+                Err(match status.code() {
+                    tonic::Code::Unavailable => SendError::Unreachable { node: target, message },
+                    _ => SendError::Remote { node: target, message },
+                })
+            }
             Err(_) => Err(SendError::Unreachable { node: target, message: format!("no reply within {timeout:?}") }),
         }
     }

@@ -1,6 +1,8 @@
 //! Errors that stop a node from starting or running.
 
-use flotilla_types::NodeId;
+use std::path::PathBuf;
+
+use flotilla_types::{ErrorCode, NodeId};
 
 /// A node-level failure.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +15,14 @@ pub enum NodeError {
         "data directory belongs to node {found}, but this node was started as node {configured}; refusing to start (use the right --node-id or an empty --data-dir)"
     )]
     NodeIdMismatch { configured: NodeId, found: NodeId },
+    /// The data directory is empty, but a peer's catalogue lists this node: it has run
+    /// before, so its disk was wiped or replaced. An empty voter could grant two votes in one
+    /// term and elect a stale leader, so the node refuses to start.
+    #[error(
+        "node {node_id} is registered in the cluster (node {answered_by} lists it), but its data directory {} is empty: its disk was wiped or replaced; refusing to start, because it must not rejoin under the same id with an empty disk (it could vote twice in one term and lose acknowledged data); start it with a new --node-id, or restore its data",
+        data_dir.display()
+    )]
+    WipedDisk { node_id: NodeId, data_dir: PathBuf, answered_by: NodeId },
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] flotilla_storage::StorageError),
@@ -22,4 +32,15 @@ pub enum NodeError {
     /// A server failed.
     #[error("{what}: {message}")]
     Serve { what: &'static str, message: String },
+}
+
+impl NodeError {
+    /// The stable error code of a refusal to start that an operator must act on.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            NodeError::NodeIdMismatch { .. } => Some(ErrorCode::NodeIdMismatch),
+            NodeError::WipedDisk { .. } => Some(ErrorCode::WipedDisk),
+            _ => None,
+        }
+    }
 }

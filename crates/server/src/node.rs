@@ -2,13 +2,13 @@
 //! sockets, clock, randomness) comes in through [`NodeSeams`], which is how the same code
 //! runs as the `flotilla` binary and inside the deterministic simulation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use flotilla_metadata::{MetaCommand, MetadataStateMachine};
+use flotilla_metadata::{MetaCommand, MetadataState, MetadataStateMachine};
 use flotilla_proto::net::{ChannelSettings, Connector, Incoming};
 use flotilla_proto::raft::v1::raft_transport_server::RaftTransportServer;
 use flotilla_proto::v1::admin_service_server::AdminServiceServer;
@@ -16,11 +16,15 @@ use flotilla_proto::v1::cluster_service_server::ClusterServiceServer;
 use flotilla_proto::v1::fetch_service_server::FetchServiceServer;
 use flotilla_proto::v1::produce_service_server::ProduceServiceServer;
 use flotilla_raft::{
-    GroupLauncher, GroupRegistry, NodeInfo, PurgeMode, RaftTransportService, Transport, TransportConfig,
+    GroupLauncher, GroupRegistry, Introduction, Introductions, NodeInfo, PurgeMode, RaftTransportService, Transport,
+    TransportConfig,
 };
 use flotilla_storage::{Engine, Space, Syncer, WriteBatch};
 use flotilla_types::{Clock, METADATA_GROUP, NodeId};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::transport::Server;
 
 use crate::api::{AdminApi, ClusterApi, FetchApi, NodeState, ProduceApi};
@@ -57,28 +61,150 @@ pub struct NodeSeams {
     pub on_metrics: Option<Box<dyn FnOnce(MetricsFn) + Send>>,
 }
 
-/// Refuses a data directory that belongs to another node; claims an empty one.
+/// The node id stored in the data directory: `Some` when the directory has been claimed
+/// (by this node: a directory of another node is refused), `None` when it is empty.
+fn stored_identity(engine: &dyn Engine, node_id: NodeId) -> Result<Option<NodeId>, NodeError> {
+    let Some(bytes) = engine.get(Space::Node, NODE_ID_KEY)? else { return Ok(None) };
+    let found = u64::from_be_bytes(
+        bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::Config(format!("stored node id has {} bytes, expected 8", bytes.len())))?,
+    );
+    if found != node_id {
+        return Err(NodeError::NodeIdMismatch { configured: node_id, found });
+    }
+    Ok(Some(found))
+}
+
+/// Claims an empty data directory for `node_id`, durably, before the node takes part in any
+/// Raft group. The node registers in the catalogue only later, so a node the catalogue lists
+/// has a claimed directory unless its disk was wiped or replaced (see [`introduce_self`]).
 fn claim_identity(engine: &dyn Engine, node_id: NodeId) -> Result<(), NodeError> {
-    match engine.get(Space::Node, NODE_ID_KEY)? {
-        Some(bytes) => {
-            let found = u64::from_be_bytes(
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| NodeError::Config(format!("stored node id has {} bytes, expected 8", bytes.len())))?,
-            );
-            if found != node_id {
-                return Err(NodeError::NodeIdMismatch { configured: node_id, found });
+    let mut batch = WriteBatch::new();
+    batch.put(Space::Node, NODE_ID_KEY.to_vec(), node_id.to_be_bytes().to_vec());
+    engine.write(batch)?;
+    engine.sync()?;
+    Ok(())
+}
+
+/// What this node answers a peer that asks whether the catalogue lists it (`Introduce`).
+enum Desk {
+    /// The data directory holds no identity claim: this node holds no state at all, hence no
+    /// registration of anyone, and can say so.
+    Empty,
+    /// The node has state on disk, but its catalogue is not loaded yet: it cannot tell.
+    Loading,
+    /// The metadata group runs: the answer is the applied catalogue's.
+    Catalogue(watch::Receiver<Arc<MetadataState>>),
+}
+
+fn introductions(desk: Arc<parking_lot::RwLock<Desk>>) -> Introductions {
+    Arc::new(move |asked: NodeId| match &*desk.read() {
+        Desk::Empty => Introduction { registered: false, catalogue_known: true },
+        Desk::Loading => Introduction { registered: false, catalogue_known: false },
+        Desk::Catalogue(catalogue) => {
+            Introduction { registered: catalogue.borrow().nodes.contains_key(&asked), catalogue_known: true }
+        }
+    })
+}
+
+/// How many other initial members must answer "not registered" before a node without an
+/// identity claim may start; 0 when nobody else can know (a single-node cluster).
+///
+/// The initial members are the metadata group's voters (there are no membership changes),
+/// so had this node ever registered, the `RegisterNode` entry committed on a majority of
+/// them. This node may have been one of that majority, and its copy is gone with its disk;
+/// so at least `majority - 1` of the others hold the entry (`majority` if this node is not
+/// a voter), and at most `others - holders` do not. Any `others - holders + 1` of the others
+/// therefore include a holder, which would have answered "registered". Counting one fewer
+/// (a majority of the whole cluster including this node) is not enough: the one holder
+/// besides the wiped node might be the peer that is down, and the lagging peers that answer
+/// would let the node start as an empty voter and elect a stale leader. The price: the first
+/// start of a cluster needs `others - holders + 1` of the other members up (all of them in a
+/// three-node cluster, four of five in a five-node one), not just a majority.
+fn clearances_needed(voters: usize, self_is_voter: bool) -> usize {
+    let others = voters - usize::from(self_is_voter);
+    if others == 0 {
+        return 0;
+    }
+    let majority = voters / 2 + 1;
+    let holders = majority - usize::from(self_is_voter);
+    others - holders + 1
+}
+
+/// Pause between two rounds of introductions.
+const INTRODUCE_INTERVAL: Duration = Duration::from_millis(500);
+/// Bound on one introduction.
+const INTRODUCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a node still waiting for introductions says whom it waits for.
+const INTRODUCE_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Asks the other initial members whether their catalogue lists this node, which has no
+/// identity claim on disk. Any "registered" means the node ran before and lost its disk:
+/// [`NodeError::WipedDisk`]. Returns once [`clearances_needed`] peers have answered "not
+/// registered"; until then it asks again every [`INTRODUCE_INTERVAL`], forever (a node that
+/// cannot tell must not start).
+async fn introduce_self(config: &NodeConfig, transport: &Transport) -> Result<(), NodeError> {
+    let node_id = config.node_id;
+    let others: BTreeMap<NodeId, String> =
+        config.initial_cluster.iter().filter(|(id, _)| **id != node_id).map(|(id, a)| (*id, a.clone())).collect();
+    let needed = clearances_needed(config.initial_cluster.len(), config.initial_cluster.contains_key(&node_id));
+    if needed == 0 {
+        return Ok(());
+    }
+    tracing::info!(node_id, needed, peers = ?others.keys().collect::<Vec<_>>(),
+        "empty data directory: asking the other initial members whether they know this node before joining");
+    let mut cleared: BTreeSet<NodeId> = BTreeSet::new();
+    let mut last_word: BTreeMap<NodeId, String> = BTreeMap::new();
+    let mut last_log = Instant::now();
+    loop {
+        let mut round: FuturesUnordered<_> = others
+            .iter()
+            .filter(|(id, _)| !cleared.contains(id))
+            .map(|(id, address)| async move { (*id, transport.introduce(*id, address, INTRODUCE_TIMEOUT).await) })
+            .collect();
+        while let Some((peer, answer)) = round.next().await {
+            match answer {
+                Ok(answer) if answer.responder_id != peer => {
+                    last_word.insert(peer, format!("its address is served by node {}", answer.responder_id));
+                }
+                Ok(answer) if answer.registered => {
+                    flotilla_types::coverage!("wiped_node_refused");
+                    return Err(NodeError::WipedDisk { node_id, data_dir: config.data_dir.clone(), answered_by: peer });
+                }
+                Ok(answer) if answer.catalogue_known => {
+                    cleared.insert(peer);
+                    if cleared.len() >= needed {
+                        tracing::info!(node_id, cleared = ?cleared, "no peer knows this node: joining as a new node");
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {
+                    last_word.insert(peer, "its catalogue is still loading".into());
+                }
+                Err(err) => {
+                    last_word.insert(peer, err.to_string());
+                }
             }
         }
-        None => {
-            let mut batch = WriteBatch::new();
-            batch.put(Space::Node, NODE_ID_KEY.to_vec(), node_id.to_be_bytes().to_vec());
-            engine.write(batch)?;
-            engine.sync()?;
+        if last_log.elapsed() >= INTRODUCE_LOG_EVERY {
+            let unheard: Vec<String> = others
+                .keys()
+                .filter(|id| !cleared.contains(id))
+                .map(|id| format!("node {id}: {}", last_word.get(id).map_or("no answer yet", String::as_str)))
+                .collect();
+            tracing::info!(
+                node_id,
+                cleared = cleared.len(),
+                needed,
+                "waiting for enough peers to confirm this node is new before joining; still unheard: {}",
+                unheard.join("; ")
+            );
+            last_log = Instant::now();
         }
+        tokio::time::sleep(INTRODUCE_INTERVAL).await;
     }
-    Ok(())
 }
 
 /// Runs a node until `shutdown` resolves, then stops it gracefully.
@@ -90,10 +216,63 @@ pub async fn run(
     let config = config.validate()?;
     let node_id = config.node_id;
     let NodeSeams { engine, connector, client_incoming, peer_incoming, clock, seed, on_metrics } = seams;
-    claim_identity(engine.as_ref(), node_id)?;
-    let syncer = Syncer::spawn(Arc::clone(&engine));
+    let claimed = stored_identity(engine.as_ref(), node_id)?.is_some();
     let transport = Transport::new(node_id, TransportConfig::default(), connector.clone());
     let registry = GroupRegistry::new();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    {
+        let stop_tx = Arc::clone(&stop_tx);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    // Every early return below stops the peer server too.
+    let _stop_on_return = StopOnDrop(Arc::clone(&stop_tx));
+
+    // The peer server starts first, while the registry is empty: no group can be reached or
+    // vote yet, but peers can ask this node whether it knows them (and it can ask them).
+    let desk = Arc::new(parking_lot::RwLock::new(if claimed { Desk::Loading } else { Desk::Empty }));
+    let peer_service = RaftTransportServer::new(
+        RaftTransportService::new(node_id, Arc::clone(&registry)).with_introductions(introductions(Arc::clone(&desk))),
+    )
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let peer_server = tokio::spawn(
+        Server::builder()
+            .add_service(peer_service)
+            .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone())),
+    );
+
+    if !claimed {
+        // A node with an empty disk must not vote before it knows it is new to the cluster.
+        let introduced = tokio::select! {
+            introduced = introduce_self(&config, &transport) => Some(introduced),
+            () = stopped(stop_rx.clone()) => None,
+        };
+        match introduced {
+            Some(Ok(())) => {}
+            Some(Err(err)) => {
+                let _ = stop_tx.send(true);
+                let _ = peer_server.await;
+                return Err(err);
+            }
+            None => {
+                tracing::info!(node_id, "stopped before joining");
+                let _ = peer_server.await;
+                return Ok(());
+            }
+        }
+        *desk.write() = Desk::Loading;
+        claim_identity(engine.as_ref(), node_id)?;
+    }
+
+    let syncer = Syncer::spawn(Arc::clone(&engine));
     let launcher = Arc::new(GroupLauncher::new(
         node_id,
         Arc::clone(&engine),
@@ -104,23 +283,11 @@ pub async fn run(
     ));
 
     // The metadata group: every node is a member; the initial cluster's nodes are voters.
+    // Launching it registers it, from which point the peer server routes its traffic.
     let (state_machine, catalogue) = MetadataStateMachine::new();
     let app = Arc::new(parking_lot::Mutex::new(state_machine));
     let meta_raft = launcher.launch(METADATA_GROUP, app, PurgeMode::Delete, config.raft.metadata()?).await?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    let peer_service = RaftTransportServer::new(RaftTransportService::new(node_id, Arc::clone(&registry)))
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let peer_server = tokio::spawn(
-        Server::builder()
-            .add_service(peer_service)
-            .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone())),
-    );
+    *desk.write() = Desk::Catalogue(catalogue.clone());
 
     if config.initial_cluster.contains_key(&node_id) && !meta_raft.is_initialized().await.unwrap_or(true) {
         let members: BTreeMap<NodeId, NodeInfo> = config
@@ -177,10 +344,6 @@ pub async fn run(
         .build_v1()
         .map_err(|err| NodeError::Serve { what: "reflection service", message: err.to_string() })?;
 
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     tracing::info!(node_id, client = %config.client_address, peer = %config.peer_address, "node serving");
     let served = Server::builder()
         // Clients pipeline many requests on one connection (the bench keeps 256 to 4096 in
@@ -214,6 +377,16 @@ pub async fn run(
     // a clean restart replays nothing.
     let _ = syncer.sync().await;
     served.map_err(|err| NodeError::Serve { what: "client gRPC server", message: err.to_string() })
+}
+
+/// Stops the node's servers when dropped: an early return of [`run`] must not leave the peer
+/// server answering for a node that is gone.
+struct StopOnDrop(Arc<watch::Sender<bool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// Keeps the local partition replicas in line with every new catalogue version.
@@ -292,4 +465,78 @@ fn render_metrics(state: &NodeState) -> String {
     out.push_str("# TYPE flotilla_metadata_term gauge\n");
     out.push_str(&format!("flotilla_metadata_term{{node=\"{}\"}} {}\n", state.node_id, metadata.current_term));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_metadata::NodeRecord;
+    use flotilla_storage::MemoryEngine;
+
+    use super::*;
+
+    #[test]
+    fn a_wiped_node_needs_answers_from_more_peers_than_could_lack_its_registration() {
+        // A single node: nobody else can know it.
+        assert_eq!(clearances_needed(1, true), 0);
+        // Three voters: the registration is on 2, maybe this node and one other; both others
+        // must answer, since the one that answers might be the one without it.
+        assert_eq!(clearances_needed(3, true), 2);
+        assert_eq!(clearances_needed(2, true), 1);
+        assert_eq!(clearances_needed(4, true), 2);
+        assert_eq!(clearances_needed(5, true), 3);
+        // Not a voter itself: the registration is on a full majority of the others.
+        assert_eq!(clearances_needed(3, false), 2);
+        assert_eq!(clearances_needed(5, false), 3);
+        for voters in 1..=9usize {
+            let majority = voters / 2 + 1;
+            let others = voters - 1;
+            let holders = majority - 1;
+            // Any `needed` of the others include a holder (when there are others at all).
+            assert!(others == 0 || clearances_needed(voters, true) + holders > others, "{voters} voters");
+        }
+    }
+
+    #[test]
+    fn the_identity_claim_is_durable_and_refuses_another_node() {
+        let engine = MemoryEngine::new();
+        assert_eq!(stored_identity(&engine, 3).expect("readable"), None);
+        claim_identity(&engine, 3).expect("claimed");
+        // Synced: a crash that drops every unsynced write keeps it.
+        engine.crash(0);
+        assert_eq!(stored_identity(&engine, 3).expect("readable"), Some(3));
+        let err = stored_identity(&engine, 4).expect_err("another node's directory");
+        assert!(matches!(err, NodeError::NodeIdMismatch { configured: 4, found: 3 }), "{err}");
+    }
+
+    #[test]
+    fn introductions_answer_from_what_the_node_holds() {
+        let desk = Arc::new(parking_lot::RwLock::new(Desk::Empty));
+        let answer = introductions(Arc::clone(&desk));
+        assert_eq!(answer(7), Introduction { registered: false, catalogue_known: true });
+        *desk.write() = Desk::Loading;
+        assert_eq!(answer(7), Introduction { registered: false, catalogue_known: false });
+        let mut state = MetadataState::default();
+        state.nodes.insert(7, NodeRecord { id: 7, peer_address: "n7:7201".into(), client_address: "n7:7101".into() });
+        let (_tx, rx) = watch::channel(Arc::new(state));
+        *desk.write() = Desk::Catalogue(rx);
+        assert_eq!(answer(7), Introduction { registered: true, catalogue_known: true });
+        assert_eq!(answer(8), Introduction { registered: false, catalogue_known: true });
+    }
+
+    #[test]
+    fn the_refusal_says_what_happened_and_what_to_do() {
+        let err = NodeError::WipedDisk { node_id: 3, data_dir: "/var/lib/flotilla".into(), answered_by: 1 };
+        let message = err.to_string();
+        for needle in [
+            "node 3 is registered in the cluster",
+            "/var/lib/flotilla is empty",
+            "wiped or replaced",
+            "vote twice",
+            "new --node-id",
+            "restore its data",
+        ] {
+            assert!(message.contains(needle), "{message:?} does not say {needle:?}");
+        }
+        assert_eq!(err.code(), Some(flotilla_types::ErrorCode::WipedDisk));
+    }
 }

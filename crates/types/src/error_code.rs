@@ -52,6 +52,9 @@ pub enum ErrorCode {
 
     /// The data directory belongs to another node id.
     NodeIdMismatch = 400,
+    /// The node's data directory is empty but the cluster lists the node: its disk was wiped
+    /// or replaced, and it refuses to rejoin under the same id.
+    WipedDisk = 401,
 
     /// An idempotent producer's epoch is older than one the partition has seen for the same
     /// producer id: another session took over. Start a new session.
@@ -92,6 +95,7 @@ impl ErrorCode {
             302 => ReplicaNotHere,
             303 => Unavailable,
             400 => NodeIdMismatch,
+            401 => WipedDisk,
             500 => ProducerFenced,
             501 => OutOfOrderSequence,
             _ => return None,
@@ -136,6 +140,7 @@ impl ErrorCode {
             ReplicaNotHere => "REPLICA_NOT_HERE",
             Unavailable => "UNAVAILABLE",
             NodeIdMismatch => "NODE_ID_MISMATCH",
+            WipedDisk => "WIPED_DISK",
             ProducerFenced => "PRODUCER_FENCED",
             OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
         }
@@ -166,5 +171,13 @@ mod tests {
         // Resending the same batch cannot fix either: the session must change.
         assert!(!ErrorCode::ProducerFenced.is_retriable());
         assert!(!ErrorCode::OutOfOrderSequence.is_retriable());
+    }
+
+    #[test]
+    fn node_identity_codes_are_stable() {
+        assert_eq!(ErrorCode::from_u32(400), Some(ErrorCode::NodeIdMismatch));
+        assert_eq!(ErrorCode::from_u32(401), Some(ErrorCode::WipedDisk));
+        assert_eq!(ErrorCode::WipedDisk.name(), "WIPED_DISK");
+        assert!(!ErrorCode::WipedDisk.is_retriable());
     }
 }
