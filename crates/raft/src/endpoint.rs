@@ -71,6 +71,8 @@ pub fn propose_error<C: GroupConfig>(err: RaftError<C, ClientWriteError<C>>) -> 
             ProposeError::NotLeader { leader: leader_of(&forward) }
         }
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
+            // A deposed leader's in-flight proposal: fenced by the new term.
+            flotilla_types::coverage!("proposal_outcome_unknown");
             ProposeError::OutcomeUnknown { leader: leader_of(&forward) }
         }
         RaftError::APIError(other) => ProposeError::Unavailable(other.to_string()),

@@ -212,6 +212,7 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
         batch.put(Space::StateMachine, self.key(SNAPSHOT_KEY), encode(&stored));
         self.engine.write(batch)?;
         self.app.lock().applied();
+        flotilla_types::coverage!("snapshot_installed");
         Ok(())
     }
 
@@ -235,6 +236,7 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftSnapshotBuilder<C> for Snapsho
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<C, Vec<u8>>> {
         let data = self.data.take().unwrap_or_else(|| Err(io::Error::other("snapshot builder used twice")))?;
+        flotilla_types::coverage!("snapshot_built");
         let meta =
             SnapshotMetaOf::<C> { last_log_id: self.last_applied.clone(), last_membership: self.membership.clone() };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };

@@ -190,6 +190,7 @@ async fn report_leadership(
             (leading && reported_term != Some(current.current_term)).then_some(current.current_term)
         };
         if let Some(term) = report {
+            flotilla_types::coverage!("partition_leader_elected");
             if reports.send((group, node_id, term)).await.is_err() {
                 return;
             }

@@ -2,6 +2,7 @@
 //! the key partitioner. No I/O and no async.
 
 mod clock;
+mod coverage;
 mod error_code;
 mod ids;
 mod limits;
@@ -10,6 +11,7 @@ mod record;
 mod topic_name;
 
 pub use clock::{Clock, SystemClock};
+pub use coverage::COVERAGE_TARGET;
 pub use error_code::ErrorCode;
 pub use ids::{GroupId, METADATA_GROUP, NodeId, Offset, PartitionId, TopicId};
 pub use limits::Limits;
