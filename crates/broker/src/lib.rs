@@ -6,12 +6,14 @@
 //! timestamps come from the log, never from the applying node's clock.
 
 mod command;
+mod digest;
 mod error;
 mod producer_table;
 mod reader;
 mod state_machine;
 
 pub use command::{PartitionCommand, PartitionRejection, PartitionResponse, ProducerSequence};
+pub use digest::{Fnv64, hash_record, replica_digest};
 pub use error::BrokerError;
 pub use producer_table::{BATCHES_PER_PRODUCER, PRODUCERS_PER_PARTITION_MAX};
 pub use reader::{FetchedBatch, PartitionReader};

@@ -33,6 +33,11 @@ impl PartitionReader {
         PartitionReader { group, engine }
     }
 
+    /// The partition group this reader reads.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
     fn storage(&self, source: std::io::Error) -> BrokerError {
         BrokerError::Storage { group: self.group, source }
     }

@@ -163,6 +163,13 @@ impl ClusterService for FakeNode {
     ) -> Result<Response<v1::LocalReplicasResponse>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    async fn replica_digest(
+        &self,
+        _: Request<v1::ReplicaDigestRequest>,
+    ) -> Result<Response<v1::ReplicaDigestResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 #[tonic::async_trait]

@@ -145,6 +145,13 @@ impl ClusterService for FakeNode {
     ) -> Result<Response<v1::LocalReplicasResponse>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    async fn replica_digest(
+        &self,
+        _: Request<v1::ReplicaDigestRequest>,
+    ) -> Result<Response<v1::ReplicaDigestResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 /// Starts `count` fake nodes (ids 1..=count) sharing one cluster script.

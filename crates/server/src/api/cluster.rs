@@ -4,11 +4,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_broker::{BrokerError, replica_digest};
 use flotilla_proto::v1::cluster_service_client::ClusterServiceClient;
 use flotilla_proto::v1::cluster_service_server::ClusterService;
 use flotilla_proto::v1::{
     LocalReplica, LocalReplicasRequest, LocalReplicasResponse, MetadataRequest, MetadataResponse, Node,
-    PartitionMetadata, StatusRequest, StatusResponse, TopicMetadata,
+    PartitionMetadata, ReplicaDigestRequest, ReplicaDigestResponse, StatusRequest, StatusResponse, TopicMetadata,
 };
 use flotilla_raft::openraft::Instant as _;
 use flotilla_raft::openraft::ServerState;
@@ -170,6 +171,37 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(LocalReplicasResponse {
             node_id: self.state.node_id,
             replicas: local_replicas(&self.state, &request.group_ids),
+        }))
+    }
+
+    async fn replica_digest(
+        &self,
+        request: Request<ReplicaDigestRequest>,
+    ) -> Result<Response<ReplicaDigestResponse>, Status> {
+        let request = request.into_inner();
+        let group = GroupId(request.group_id);
+        let replica = self.state.partitions.get(group).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ReplicaNotHere,
+                format!("node {} holds no replica of partition group {group}", self.state.node_id),
+            )
+        })?;
+        let marks = *replica.watermarks.borrow();
+        let end_offset = request.end_offset.unwrap_or(marks.high_watermark);
+        let reader = replica.reader.clone();
+        let digest = self.state.read_storage(move || replica_digest(&reader, marks, end_offset)).await?.map_err(
+            |err| match err {
+                BrokerError::OffsetOutOfRange { .. } => ApiError::new(ErrorCode::OffsetOutOfRange, err.to_string()),
+                other => ApiError::new(ErrorCode::Internal, other.to_string()),
+            },
+        )?;
+        Ok(Response::new(ReplicaDigestResponse {
+            node_id: self.state.node_id,
+            group_id: group.0,
+            log_start_offset: marks.log_start,
+            end_offset,
+            high_watermark: marks.high_watermark,
+            digest,
         }))
     }
 }

@@ -200,13 +200,7 @@ async fn serve_fetch(state: &NodeState, replica: &Replica, request: &FetchReques
     let reader = replica.reader.clone();
     let offset = request.offset;
     let read = move || reader.read(offset, max_records, max_bytes, marks);
-    let batch = if state.engine.sync_blocks() {
-        tokio::task::spawn_blocking(read)
-            .await
-            .map_err(|err| ApiError::new(ErrorCode::Internal, format!("fetch task failed: {err}")))?
-    } else {
-        read()
-    };
+    let batch = state.read_storage(read).await?;
     let batch: FetchedBatch = batch.map_err(|err| match err {
         BrokerError::OffsetOutOfRange { offset, log_start, high_watermark, .. } => ApiError::new(
             ErrorCode::OffsetOutOfRange,

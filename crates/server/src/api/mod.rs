@@ -97,6 +97,22 @@ impl NodeState {
         ))
     }
 
+    /// Runs a read of the engine: on the blocking pool when the engine's calls block (RocksDB),
+    /// inline when they never do (the in-memory engine, which must stay on the simulation's
+    /// scheduler to replay deterministically).
+    pub async fn read_storage<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if self.engine.sync_blocks() {
+            tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|err| ApiError::new(ErrorCode::Internal, format!("storage read task failed: {err}")))
+        } else {
+            Ok(read())
+        }
+    }
+
     /// Client address of a registered node.
     pub fn client_address_of(&self, node: NodeId) -> Option<String> {
         self.meta.catalogue().nodes.get(&node).map(|n| n.client_address.clone())
