@@ -24,6 +24,9 @@ pub struct RaftConfig {
     pub partition_election_timeout_max_ms: u64,
     /// Metadata log entries between snapshots.
     pub metadata_snapshot_every_entries: u64,
+    /// Metadata log entries kept behind the last snapshot; a follower further behind than
+    /// this catches up by installing the snapshot.
+    pub metadata_logs_kept_after_snapshot: u64,
     /// Most entries per append message.
     pub append_entries_max: u64,
 }
@@ -38,6 +41,7 @@ impl Default for RaftConfig {
             partition_election_timeout_min_ms: 750,
             partition_election_timeout_max_ms: 1500,
             metadata_snapshot_every_entries: 10_000,
+            metadata_logs_kept_after_snapshot: 1000,
             append_entries_max: 1024,
         }
     }
@@ -55,7 +59,7 @@ impl RaftConfig {
             enable_leader_restore: Some(false),
             max_payload_entries: self.append_entries_max,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.metadata_snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: self.metadata_logs_kept_after_snapshot,
             ..Default::default()
         };
         validate(config, GroupId(0))

@@ -143,6 +143,12 @@ pub trait Engine: Send + Sync + 'static {
     /// blocking thread; the in-memory engine says `false` so simulations stay on one thread.
     fn sync_blocks(&self) -> bool;
 
+    /// Extra time a sync round takes, awaited before `sync` on engines whose calls do not
+    /// block: the in-memory engine's slow-disk fault. Real engines take their real time.
+    fn sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Bytes this engine has written to its files so far, if it can tell (the denominator of
     /// write amplification is the bytes clients produced).
     fn bytes_written(&self) -> Option<u64> {

@@ -20,6 +20,9 @@ pub struct MemoryFaults {
     pub sync_lies: bool,
     /// Every `sync` fails with an injected error while set.
     pub sync_fails: bool,
+    /// A slow disk: each sync round takes this long (in the runtime's time, so simulated
+    /// time under turmoil). Zero is an instant disk.
+    pub sync_latency: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +70,11 @@ impl MemoryEngine {
     /// Replaces the fault switches.
     pub fn set_faults(&self, faults: MemoryFaults) {
         self.inner.lock().faults = faults;
+    }
+
+    /// The fault switches in force.
+    pub fn faults(&self) -> MemoryFaults {
+        self.inner.lock().faults.clone()
     }
 
     /// Drops everything, durable or not: a disk replaced by an empty one.
@@ -125,6 +133,10 @@ impl Engine for MemoryEngine {
             apply(&mut inner.durable, batch);
         }
         Ok(())
+    }
+
+    fn sync_latency(&self) -> std::time::Duration {
+        self.inner.lock().faults.sync_latency
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
