@@ -1,4 +1,4 @@
-//! The simulated cluster: three Flotilla nodes as turmoil hosts, each with an in-memory engine
+//! The simulated cluster: three or five Flotilla nodes as turmoil hosts, each with an in-memory engine
 //! that outlives the host (so a crash loses only what was never synced), plus the turmoil
 //! versions of the network and clock seams.
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::net::{Conn, Connector, Incoming, Io};
-use flotilla_server::{NodeConfig, NodeSeams};
+use flotilla_server::{NodeConfig, NodeError, NodeSeams};
 use flotilla_storage::{Engine, MemoryEngine};
 use flotilla_types::{Clock, Limits, NodeId};
 
@@ -19,6 +19,11 @@ pub const PEER_PORT: u16 = 7201;
 /// Simulated wall-clock time at the start of every run (2023-11-14), in seconds since the Unix
 /// epoch. Fixed so record timestamps are the same in every replay of a seed.
 pub const EPOCH_SECS: u64 = 1_700_000_000;
+
+/// The turmoil host every workload client runs on.
+pub const CLIENT_HOST: &str = "client";
+/// The turmoil host the nemesis runs on.
+pub const NEMESIS_HOST: &str = "nemesis";
 
 /// The turmoil host name of node `id`.
 pub fn host_name(id: NodeId) -> String {
@@ -92,7 +97,7 @@ impl Cluster {
                 client_address: client_address(id),
                 peer_address: peer_address(id),
                 initial_cluster: initial_cluster.clone(),
-                raft: Default::default(),
+                raft: simulation_raft_config(),
                 limits: Limits::default(),
             };
             let starts = AtomicU64::new(0);
@@ -113,7 +118,15 @@ impl Cluster {
                     };
                     // The node runs until the driver crashes it; the run ends without a
                     // graceful shutdown, as a kill -9 would.
-                    flotilla_server::run(config, seams, std::future::pending()).await?;
+                    match flotilla_server::run(config, seams, std::future::pending()).await {
+                        // A node restarted on a wiped disk must refuse to start: that is the
+                        // expected outcome, not a broken run. The host stays down for good.
+                        Err(err @ NodeError::WipedDisk { .. }) => {
+                            tracing::warn!(node = id, error = %err, "node refused to start");
+                            std::future::pending::<()>().await;
+                        }
+                        outcome => outcome?,
+                    }
                     Ok(())
                 }
             });
@@ -129,6 +142,22 @@ impl Cluster {
     /// Node `id`'s engine.
     pub fn engine(&self, id: NodeId) -> &MemoryEngine {
         self.engines.get(&id).unwrap_or_else(|| panic!("node {id} is not in the simulated cluster"))
+    }
+
+    /// Every node's engine.
+    pub fn engines(&self) -> Vec<(NodeId, Arc<MemoryEngine>)> {
+        self.engines.iter().map(|(id, engine)| (*id, Arc::clone(engine))).collect()
+    }
+}
+
+/// Raft settings for simulated nodes: production timing, but metadata snapshots every few
+/// dozen entries with a short log behind them, so crashed and partitioned nodes catch up by
+/// installing snapshots (a path production reaches only after 10,000 entries).
+fn simulation_raft_config() -> flotilla_raft::RaftConfig {
+    flotilla_raft::RaftConfig {
+        metadata_snapshot_every_entries: 4,
+        metadata_logs_kept_after_snapshot: 0,
+        ..Default::default()
     }
 }
 

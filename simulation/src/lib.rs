@@ -1,231 +1,314 @@
-//! Deterministic simulation of a Flotilla cluster under turmoil: three nodes on simulated TCP
-//! and in-memory disks, a client that produces keyed records while a nemesis isolates leaders
-//! and crashes nodes (each losing a torn tail of its unsynced writes), then a checker that
-//! compares every acknowledgement with what the cluster returns at the end.
+//! Deterministic simulation of a Flotilla cluster under turmoil: three or five nodes on
+//! simulated TCP and in-memory disks, producers and tailing consumers, and a nemesis that
+//! rotates faults drawn from the seed's mix (partitions of many shapes, pauses, latency,
+//! lossy links, crashes with torn un-synced tails, power loss, slow fsync). After a heal and
+//! a final drain, the checker judges the history.
 //!
-//! Layout: `cluster.rs` (the nodes and the turmoil seams), `workload.rs` (the client),
-//! `nemesis.rs` (the fault schedule), `checker.rs` (the history and its rules), and [`run`],
-//! the driver that steps the simulation and performs the crashes the nemesis asks for.
+//! Layout: `options.rs` (what a seed expands to), `cluster.rs` (the nodes and the turmoil
+//! seams), `workload/` (clients; shared with the real-process chaos test), `nemesis/` (fault
+//! primitives and rotation), `scenarios.rs` (named regression scripts), `checker/` (one
+//! module per invariant), `coverage.rs` (how often interesting events happened), `sweep.rs`
+//! (many seeds, one process each), and [`run`], the driver that steps the simulation and
+//! performs what only it can (crashes, restarts, link settings).
 //!
-//! One seed fixes the whole run: turmoil's network and scheduler, openraft's election
-//! timeouts, the fault schedule and how much of a crashed node's unsynced data survives. The
-//! `flotilla-sim` binary replays a seed; `tests/smoke.rs` runs it and checks that two runs of
-//! the same seed give the same trace.
+//! One seed fixes the whole run: the options, turmoil's network and scheduler, openraft's
+//! election timeouts, the fault schedule and how much of a crashed node's unsynced data
+//! survives.
 
 pub mod checker;
 pub mod cluster;
+pub mod coverage;
 pub mod nemesis;
+pub mod options;
+pub mod scenarios;
+pub mod shared;
+pub mod sweep;
 pub mod workload;
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::bail;
-use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::Serialize;
 
 use flotilla_storage::MemoryFaults;
 
-use crate::checker::{History, Report};
-use crate::cluster::Cluster;
-use crate::nemesis::HostFault;
+use crate::checker::Report;
+use crate::cluster::{CLIENT_HOST, Cluster, NEMESIS_HOST};
+use crate::nemesis::faults::NORMAL_MAX_LATENCY;
+use crate::options::{Bug, SimOptions};
+use crate::shared::{DriverAction, Shared};
+use crate::workload::{Environment, WorkloadPlan};
 
-/// Nodes in the simulated cluster.
-pub const NODES: u64 = 3;
-/// Upper bound on simulated time; a run that has not finished by then fails (a liveness bug).
-const SIMULATION_DURATION: Duration = Duration::from_secs(300);
+/// Simulated time allowed beyond the safety phase for startup, healing, the healed phase
+/// and the final drain; a run still going after that is a liveness failure.
+const RECOVERY_ALLOWANCE: Duration = Duration::from_secs(240);
 /// Socket buffer, in messages. turmoil's default (64) overflows under Raft's pipelining and
 /// panics with "server socket buffer full".
 const TCP_CAPACITY: usize = 65_536;
 
+/// How a run ended, with the process exit code `flotilla-sim` uses for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Every invariant held.
+    Pass,
+    /// A safety invariant broke (data lost, duplicated, reordered, diverged...).
+    Safety,
+    /// Only liveness failed: the healed cluster did not serve within the bound.
+    Liveness,
+    /// The run itself broke: a node panicked or failed to start, or a client gave up.
+    Crash,
+}
+
+impl Verdict {
+    /// The process exit code for this verdict.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Pass => 0,
+            Verdict::Safety => 1,
+            Verdict::Liveness => 2,
+            Verdict::Crash => 3,
+        }
+    }
+}
+
 /// What one run produced.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Outcome {
-    /// The seed that was run.
-    pub seed: u64,
-    /// The checker's verdict.
+    pub options: SimOptions,
+    pub verdict: Verdict,
+    /// Why the run broke, for [`Verdict::Crash`] and a run out of simulated time.
+    pub broken: Option<String>,
+    /// The checker's verdict (empty when the run broke before the checker ran).
     pub report: Report,
     /// Hash of the trace: equal for two runs exactly when they behaved alike.
     pub trace_hash: u64,
-    /// The trace itself, one event per line.
+    #[serde(skip)]
     pub trace: Vec<String>,
-    /// Simulated time the run took.
-    pub simulated: Duration,
+    /// Simulated time the run took, in seconds.
+    pub simulated_secs: f64,
+    /// Coverage points reached in this run (faults injected as `fault:<kind>`).
+    pub coverage: BTreeMap<String, u64>,
 }
 
-/// What a run puts the cluster through, beyond the seed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Scenario {
-    /// The last round crashes every node at once (a power cut) instead of one, so only what
-    /// each node synced, plus a torn tail, survives.
-    pub power_loss: bool,
-    /// Every engine's `sync` reports success without making anything durable: a deliberately
-    /// broken disk, to prove the checker catches acknowledge-before-fsync. Never set it for
-    /// anything but that proof.
-    pub sync_lies: bool,
+/// The command that replays `options` (after `cargo build --release --workspace`).
+pub fn replay_command(options: &SimOptions) -> String {
+    let mut command = format!("$CARGO_TARGET_DIR/release/flotilla-sim --seed {}", options.seed);
+    if let Some(scenario) = options.scenario {
+        command.push_str(&format!(" --scenario {}", kebab(&format!("{scenario:?}"))));
+    }
+    if let Some(bug) = options.bug {
+        command.push_str(&format!(" --bug {}", kebab(&format!("{bug:?}"))));
+    }
+    command
 }
 
-impl Scenario {
-    /// The flags of `flotilla-sim` that select this scenario.
-    pub fn flags(&self) -> String {
-        let mut flags = String::new();
-        if self.power_loss {
-            flags.push_str(" --power-loss");
+/// `PowerLossAfterAcks` → `power-loss-after-acks`.
+fn kebab(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
         }
-        if self.sync_lies {
-            flags.push_str(" --sync-lies");
-        }
-        flags
+        out.push(c.to_ascii_lowercase());
     }
-}
-
-/// The command that replays `seed` under `scenario` (after `cargo build --release --workspace`).
-pub fn replay_command(seed: u64, scenario: &Scenario) -> String {
-    format!("$CARGO_TARGET_DIR/release/flotilla-sim --seed {seed}{}", scenario.flags())
-}
-
-/// The run's event log, stamped with simulated time. Every line goes into the hash that the
-/// determinism check compares.
-#[derive(Debug, Default)]
-pub struct Trace {
-    lines: Vec<String>,
-}
-
-impl Trace {
-    /// Appends an event that happened at `at`.
-    pub fn record(&mut self, at: Duration, event: impl AsRef<str>) {
-        self.lines.push(format!("{:>9.3}s {}", at.as_secs_f64(), event.as_ref()));
-    }
-
-    /// FNV-1a over every line: stable across processes and builds, unlike `RandomState`.
-    pub fn hash(&self) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for line in &self.lines {
-            for byte in line.bytes().chain(std::iter::once(b'\n')) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        hash
-    }
-}
-
-/// State the driver, the workload and the nemesis share. Every simulated host runs on the
-/// driver's thread, one at a time, so the locks are never contended (and never held across
-/// an `.await`).
-#[derive(Debug, Default)]
-pub struct Shared {
-    trace: Mutex<Trace>,
-    history: Mutex<History>,
-    /// Crashes and restarts the nemesis asks for; only the driver can perform them.
-    host_faults: Mutex<VecDeque<HostFault>>,
-    /// Set by the workload once the topic exists.
-    topic_ready: AtomicBool,
-    /// Set by the nemesis once every fault is healed.
-    faults_done: AtomicBool,
-}
-
-impl Shared {
-    /// Records an event at the current host's simulated time.
-    pub fn note(&self, event: impl AsRef<str>) {
-        self.trace.lock().record(turmoil::sim_elapsed().unwrap_or_default(), event);
-    }
+    out
 }
 
 /// Whether this process has started a run.
 static RUN_STARTED: AtomicBool = AtomicBool::new(false);
 
-/// Runs `scenario` for `seed` and checks its history. `Err` means the run itself broke (a
-/// node panicked or failed to start, the workload gave up, simulated time ran out); a safety
-/// violation is an `Ok` outcome whose report is not ok.
+/// Runs one seed and checks its history.
 ///
 /// Once per process, and with no other tokio runtime busy in it: tokio numbers tasks with a
 /// process-wide counter and a runtime shuts its tasks down in an order derived from those
 /// numbers. A crashed host's tasks close their sockets in that order, each close draws a
 /// latency from the simulation's RNG, so a second run in the same process (or a run beside
-/// another one) diverges at its first crash. The smoke test therefore runs the binary.
-pub fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
+/// another one) diverges at its first crash. Sweeps and tests therefore run the binary.
+pub fn run(options: SimOptions) -> anyhow::Result<Outcome> {
     if RUN_STARTED.swap(true, Ordering::SeqCst) {
         bail!("a simulation already ran in this process; a second run would not replay (see `run`)");
     }
+    let seed = options.seed;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(cluster::EPOCH_SECS))
-        .simulation_duration(SIMULATION_DURATION)
+        .simulation_duration(options.safety + RECOVERY_ALLOWANCE)
         .tcp_capacity(TCP_CAPACITY)
         .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(20))
+        .max_message_latency(NORMAL_MAX_LATENCY)
         .build();
-    let cluster = Cluster::start(&mut sim, NODES, seed);
-    if scenario.sync_lies {
-        for id in cluster.node_ids() {
-            cluster.engine(id).set_faults(MemoryFaults { sync_lies: true, ..MemoryFaults::default() });
+    let cluster = Cluster::start(&mut sim, options.nodes, seed);
+    if options.bug == Some(Bug::SyncLies) {
+        for (_, engine) in cluster.engines() {
+            engine.set_faults(MemoryFaults { sync_lies: true, ..MemoryFaults::default() });
         }
     }
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new(|| turmoil::sim_elapsed().unwrap_or_default()));
+    let env = Environment {
+        brokers: (1..=options.nodes).map(cluster::client_address).collect(),
+        connector: cluster::connector(),
+        request_timeout: Duration::from_secs(3),
+    };
+    let plan = WorkloadPlan {
+        seed,
+        topics: options.topics.clone(),
+        replication_factor: options.replication_factor,
+        producers: options.producers,
+        consumers: options.consumers,
+        batch_records: options.batch_records,
+        produce_pause: options.produce_pause,
+        abandon_chance: options.abandon_chance,
+    };
+    {
+        let (shared, env) = (Arc::clone(&shared), env.clone());
+        sim.client(CLIENT_HOST, async move { workload::run(plan, env, shared).await.map_err(Into::into) });
+    }
+    {
+        let (shared, options, engines) = (Arc::clone(&shared), options.clone(), cluster.engines());
+        sim.client(NEMESIS_HOST, async move { nemesis::run(options, env, engines, shared).await.map_err(Into::into) });
+    }
 
-    let workload_shared = Arc::clone(&shared);
-    sim.client("client", async move { workload::run(workload_shared).await.map_err(Into::into) });
-    let nemesis_shared = Arc::clone(&shared);
-    let scenario = *scenario;
-    sim.client("nemesis", async move { nemesis::run(seed, scenario, nemesis_shared).await.map_err(Into::into) });
+    let broken = drive(&mut sim, &cluster, &shared, seed);
+    let simulated = sim.elapsed();
+    drop(sim);
 
+    let history = std::mem::take(&mut *shared.history.lock());
+    let report = checker::check(&history);
+    let mut trace = std::mem::take(&mut *shared.trace.lock());
+    for (partition, records) in &history.reads {
+        for (offset, value) in records {
+            trace.record(simulated, format!("read {partition}@{offset} {value}"));
+        }
+    }
+    let verdict = match &broken {
+        Some(Broken::Crash(_)) => Verdict::Crash,
+        _ if !report.ok() && !report.only_liveness_failed() => Verdict::Safety,
+        Some(Broken::OutOfTime(_)) => Verdict::Liveness,
+        _ if !report.ok() => Verdict::Liveness,
+        _ => Verdict::Pass,
+    };
+    Ok(Outcome {
+        options,
+        verdict,
+        broken: broken.map(|b| match b {
+            Broken::Crash(why) | Broken::OutOfTime(why) => why,
+        }),
+        report,
+        trace_hash: trace.hash(),
+        trace: trace.lines,
+        simulated_secs: simulated.as_secs_f64(),
+        coverage: coverage::snapshot(),
+    })
+}
+
+/// Why stepping stopped early.
+enum Broken {
+    /// A host panicked or returned an error.
+    Crash(String),
+    /// Simulated time ran out before the workload finished.
+    OutOfTime(String),
+}
+
+/// Steps the simulation to the end, performing the nemesis' driver actions between steps.
+fn drive(sim: &mut turmoil::Sim<'_>, cluster: &Cluster, shared: &Shared, seed: u64) -> Option<Broken> {
     // How much of a crashed node's unsynced tail survives comes from its own stream, so
-    // changing the scenario elsewhere does not reshuffle it.
+    // changing the schedule elsewhere does not reshuffle it.
     let mut disk_rng = StdRng::seed_from_u64(seed ^ 0x746f_726e_5f74_6169);
     loop {
         // A panic in any host (a node's fail-stop assertion included) surfaces here: turmoil
         // builds host runtimes that shut down on an unhandled panic, and `step` panics then.
         let finished = match std::panic::catch_unwind(AssertUnwindSafe(|| sim.step())) {
             Ok(Ok(finished)) => finished,
-            Ok(Err(err)) => bail!("seed {seed}: the simulation failed at {:?}: {err}", sim.elapsed()),
+            Ok(Err(err)) => {
+                let message = format!("at {:?}: {err}", sim.elapsed());
+                return Some(if message.contains("Ran for duration") {
+                    Broken::OutOfTime(message)
+                } else {
+                    Broken::Crash(message)
+                });
+            }
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<String>()
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("(no message)");
-                bail!("seed {seed}: a host panicked at {:?}: {message} (the panic itself is on stderr)", sim.elapsed())
+                return Some(Broken::Crash(format!(
+                    "a host panicked at {:?}: {message} (the panic itself is on stderr)",
+                    sim.elapsed()
+                )));
             }
         };
-        let faults: Vec<HostFault> = shared.host_faults.lock().drain(..).collect();
-        for fault in faults {
-            match fault {
-                HostFault::Crash(id) => {
-                    sim.crash(cluster::host_name(id));
-                    let engine = cluster.engine(id);
-                    let pending = engine.pending_batches();
-                    let keep = disk_rng.random_range(0..=pending);
-                    engine.crash(keep);
-                    shared
-                        .trace
-                        .lock()
-                        .record(sim.elapsed(), format!("crash n{id}: {keep} of {pending} unsynced batches survive"));
-                }
-                HostFault::Restart(id) => {
-                    sim.bounce(cluster::host_name(id));
-                    shared.trace.lock().record(sim.elapsed(), format!("restart n{id}"));
-                }
-            }
+        let actions: Vec<DriverAction> = shared.driver.lock().drain(..).collect();
+        for action in actions {
+            perform(sim, cluster, shared, &mut disk_rng, action);
         }
         if finished {
-            break;
+            return None;
         }
     }
+}
 
-    let simulated = sim.elapsed();
-    drop(sim);
-    let history = std::mem::take(&mut *shared.history.lock());
-    let report = checker::check(&history);
-    let mut trace = std::mem::take(&mut *shared.trace.lock());
-    for (partition, records) in &history.reads {
-        for (offset, value) in records {
-            trace.record(simulated, format!("read p{partition} o{offset} {value}"));
+/// Performs one driver action.
+fn perform(
+    sim: &mut turmoil::Sim<'_>,
+    cluster: &Cluster,
+    shared: &Shared,
+    disk_rng: &mut StdRng,
+    action: DriverAction,
+) {
+    let at = sim.elapsed();
+    let others = |node: u64| -> Vec<String> {
+        cluster
+            .node_ids()
+            .into_iter()
+            .filter(|id| *id != node)
+            .map(cluster::host_name)
+            .chain([CLIENT_HOST.to_string()])
+            .collect()
+    };
+    let event = match action {
+        DriverAction::Crash(id) => {
+            sim.crash(cluster::host_name(id));
+            let engine = cluster.engine(id);
+            let pending = engine.pending_batches();
+            let keep = disk_rng.random_range(0..=pending);
+            engine.crash(keep);
+            if keep < pending && !shared.history.lock().acks.is_empty() {
+                coverage::hit("crash_lost_unsynced_writes");
+            }
+            if keep > 0 && keep < pending {
+                coverage::hit("torn_tail");
+            }
+            format!("crash n{id}: {keep} of {pending} unsynced batches survive")
         }
-    }
-    Ok(Outcome { seed, report, trace_hash: trace.hash(), trace: trace.lines, simulated })
+        DriverAction::Restart(id) => {
+            sim.bounce(cluster::host_name(id));
+            format!("restart n{id}")
+        }
+        DriverAction::LinkLatency { node, max } => {
+            for other in others(node) {
+                sim.set_link_max_message_latency(cluster::host_name(node), other.as_str(), max);
+            }
+            format!("links of n{node}: latency up to {max:?}")
+        }
+        DriverAction::LinkFailRate { node, rate } => {
+            for other in others(node) {
+                sim.set_link_fail_rate(cluster::host_name(node), other.as_str(), rate);
+            }
+            format!("links of n{node}: fail rate {rate:.4}")
+        }
+        DriverAction::Wipe(id) => {
+            cluster.engine(id).wipe();
+            format!("wipe the disk of n{id}")
+        }
+    };
+    shared.trace.lock().record(at, event);
 }

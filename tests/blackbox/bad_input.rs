@@ -16,7 +16,7 @@ const TOPIC: &str = "orders";
 const UNKNOWN: &str = "no-such-topic";
 
 fn produce_request(topic: &str, partition: Option<u32>, records: Vec<v1::Record>) -> v1::ProduceRequest {
-    v1::ProduceRequest { topic: topic.to_string(), partition, records }
+    v1::ProduceRequest { topic: topic.to_string(), partition, records, idempotence: None }
 }
 
 fn fetch_request(topic: &str, partition: u32, offset: u64) -> v1::FetchRequest {

@@ -38,7 +38,8 @@ async fn round_trip_via(
     let channel = cluster.channel(via)?;
     let mut produce = ProduceServiceClient::new(channel.clone());
     let records = values.iter().map(|v| record("fwd", *v)).collect();
-    let request = v1::ProduceRequest { topic: topic.to_string(), partition: Some(partition), records };
+    let request =
+        v1::ProduceRequest { topic: topic.to_string(), partition: Some(partition), records, idempotence: None };
     let acks = produce
         .produce(request)
         .await
@@ -112,6 +113,7 @@ async fn followers_and_non_replicas_forward_produce_and_fetch() -> anyhow::Resul
         topic: "replicated".to_string(),
         partition: None,
         records: keys.iter().map(|k| record(k, *k)).collect(),
+        idempotence: None,
     };
     let acks = produce.produce(request).await.context("keyed produce through a follower")?.into_inner().acks;
     ensure!(acks.len() == keys.len(), "{} acks for {} records", acks.len(), keys.len());

@@ -1,0 +1,130 @@
+//! The history of a run: everything clients were told and everything they read, as plain
+//! data. The simulation and the real-process chaos test record into the same type, so one
+//! checker judges both.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use flotilla_types::{NodeId, PartitionId};
+use serde::{Deserialize, Serialize};
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartitionKey {
+    pub topic: String,
+    pub partition: PartitionId,
+}
+
+impl PartitionKey {
+    pub fn new(topic: impl Into<String>, partition: PartitionId) -> Self {
+        PartitionKey { topic: topic.into(), partition }
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// One acknowledged record: the server said `value` is at `offset` of `partition`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub partition: PartitionKey,
+    pub offset: u64,
+    /// The record's value, unique across the run.
+    pub value: String,
+    /// The producer session that sent it; its sends are sequential.
+    pub producer: u32,
+}
+
+/// One successful fetch by a tailing consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetch {
+    pub consumer: u32,
+    pub partition: PartitionKey,
+    /// The offset asked for.
+    pub from: u64,
+    /// The high watermark the answer carried.
+    pub high_watermark: u64,
+    /// What came back, in order.
+    pub records: Vec<(u64, String)>,
+}
+
+/// One replica's digest of a partition, taken after the final drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDigest {
+    pub node: NodeId,
+    /// Records `[0, end_offset)` were hashed.
+    pub end_offset: u64,
+    /// The replica's own high watermark when asked.
+    pub high_watermark: u64,
+    pub digest: u64,
+}
+
+/// Everything the clients observed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct History {
+    /// Every partition of every topic the workload created.
+    pub partitions: BTreeSet<PartitionKey>,
+    /// Topics whose create was acknowledged.
+    pub created_topics: BTreeSet<String>,
+    /// Topics whose delete was acknowledged.
+    pub deleted_topics: BTreeSet<String>,
+    /// Every value any producer tried to produce.
+    pub attempted: BTreeSet<String>,
+    /// Acknowledgements, in the order the clients received them.
+    pub acks: Vec<Ack>,
+    /// Values of attempts whose outcome is unknown (timeout, lost connection, a client that
+    /// gave up mid-request): they may be in the log, more than once without idempotence.
+    pub ambiguous: BTreeSet<String>,
+    /// Values of attempts the server definitely refused (an error code that promises nothing
+    /// was appended) and that were never acknowledged or retried ambiguously.
+    pub failed: BTreeSet<String>,
+    /// Values sent by idempotent producers: they must never appear twice.
+    pub idempotent: BTreeSet<String>,
+    /// Tailing consumers' fetches, in the order each consumer made them.
+    pub fetches: Vec<Fetch>,
+    /// The final drain of each partition from offset 0: (offset, value) in the order read.
+    pub reads: BTreeMap<PartitionKey, Vec<(u64, String)>>,
+    /// Each replica's digest after the final drain.
+    pub digests: BTreeMap<PartitionKey, Vec<ReplicaDigest>>,
+    /// Topic listings taken from each node after the final drain.
+    pub final_listings: BTreeMap<NodeId, BTreeSet<String>>,
+    /// Problems the workload itself found: a drain that never reached the end, produce calls
+    /// that kept failing after every fault was healed, replicas that never caught up.
+    pub liveness_failures: Vec<String>,
+    /// Nodes the nemesis took out for good (a wiped disk: the node must refuse to rejoin under
+    /// its id). The final drain asks them for no digest or listing.
+    #[serde(default)]
+    pub retired_nodes: BTreeSet<NodeId>,
+}
+
+impl History {
+    /// Records a value that is about to be sent.
+    pub fn attempt(&mut self, value: &str, idempotent: bool) {
+        self.attempted.insert(value.to_string());
+        if idempotent {
+            self.idempotent.insert(value.to_string());
+        }
+    }
+
+    /// Records that the outcome of sending `value` is unknown.
+    pub fn outcome_unknown(&mut self, value: &str) {
+        self.failed.remove(value);
+        self.ambiguous.insert(value.to_string());
+    }
+
+    /// Records that the server definitely refused `value` this time.
+    pub fn refused(&mut self, value: &str) {
+        if !self.ambiguous.contains(value) {
+            self.failed.insert(value.to_string());
+        }
+    }
+
+    /// Records an acknowledgement.
+    pub fn acknowledged(&mut self, ack: Ack) {
+        self.failed.remove(&ack.value);
+        self.acks.push(ack);
+    }
+}

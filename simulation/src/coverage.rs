@@ -1,0 +1,95 @@
+//! Coverage counters ("sometimes" assertions): how often each interesting event happened in
+//! a run. Node code marks events with `flotilla_types::coverage!`; the simulation marks its
+//! own (a crash that lost acknowledged-era data, a leader elected during a partition). A
+//! sweep over many seeds reports, per point, how many seeds reached it; a point no seed
+//! reaches means the faults never drive the code there.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+
+use flotilla_types::COVERAGE_TARGET;
+
+/// Every point a healthy sweep must reach, with what reaching it proves.
+pub const EXPECTED_POINTS: &[(&str, &str)] = &[
+    ("partition_leader_elected", "partition leaders are elected (node code)"),
+    ("leader_elected_during_partition", "a partition leader changed while the network was partitioned"),
+    (
+        "crash_lost_unsynced_writes",
+        "a crash lost un-synced writes of a node that had taken part in acknowledged writes",
+    ),
+    ("torn_tail", "a crash kept part of the un-synced tail (a torn tail) and the node restarted on it"),
+    ("power_loss", "every node crashed at once"),
+    ("node_paused", "a node's links were held past the election timeout and released in a burst"),
+    ("snapshot_built", "a Raft snapshot was built (node code)"),
+    ("snapshot_installed", "a lagging replica caught up by installing a snapshot (node code)"),
+    ("proposal_outcome_unknown", "a deposed leader's in-flight proposal was fenced by a new term (node code)"),
+    ("client_abandoned_request", "a client gave up mid-request and retried"),
+    ("slow_fsync", "fsync was slow on some node"),
+];
+
+/// Points counted in this process.
+static COUNTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// Whether some network partition is in force right now (set by the nemesis).
+static PARTITIONED: AtomicBool = AtomicBool::new(false);
+
+/// Counts one occurrence of `point`.
+pub fn hit(point: &str) {
+    *COUNTS.lock().entry(point.to_string()).or_default() += 1;
+}
+
+/// Tells the counters whether a network partition is in force.
+pub fn set_partitioned(partitioned: bool) {
+    PARTITIONED.store(partitioned, Ordering::SeqCst);
+}
+
+/// Every point counted so far, with each expected point present (zero if never reached).
+pub fn snapshot() -> BTreeMap<String, u64> {
+    let mut counts = COUNTS.lock().clone();
+    for (point, _) in EXPECTED_POINTS {
+        counts.entry((*point).to_string()).or_default();
+    }
+    counts
+}
+
+/// The tracing layer that counts node code's coverage points. Install it with a filter that
+/// lets [`COVERAGE_TARGET`] through at DEBUG.
+pub struct CoverageLayer;
+
+impl<S: Subscriber> Layer<S> for CoverageLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != COVERAGE_TARGET {
+            return;
+        }
+        let mut visitor = PointVisitor(None);
+        event.record(&mut visitor);
+        if let Some(point) = visitor.0 {
+            if point == "partition_leader_elected" && PARTITIONED.load(Ordering::SeqCst) {
+                hit("leader_elected_during_partition");
+            }
+            hit(&point);
+        }
+    }
+}
+
+/// Reads the `point` field of a coverage event.
+struct PointVisitor(Option<String>);
+
+impl Visit for PointVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "point" {
+            self.0 = Some(value.to_string());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "point" {
+            self.0 = Some(format!("{value:?}").trim_matches('"').to_string());
+        }
+    }
+}

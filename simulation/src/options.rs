@@ -1,0 +1,242 @@
+//! What one seed expands to: cluster size, topics, workload shape and fault mix, picked at
+//! random per seed ("swarm testing": a narrow fault mix per run reaches corners a uniform
+//! mix dilutes). Printed with every failure, so a report says what the run was.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::scenarios::Scenario;
+
+/// One family of faults the nemesis can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Cut one random node off from the other nodes.
+    IsolateNode,
+    /// Cut the leader of the metadata group or of a partition off from the other nodes.
+    IsolateLeader,
+    /// Split the nodes into a majority and a minority.
+    MajoritySplit,
+    /// Every node reaches only its ring neighbours (overlapping majorities); with three
+    /// nodes, a bridge: two nodes cut apart, the third reaching both.
+    Ring,
+    /// One node can send but not receive, or receive but not send.
+    OneWay,
+    /// The clients cannot reach a leader, which still reaches its peers.
+    ClientToLeader,
+    /// One node's links go down and up every 100 ms to 2 s.
+    Flapping,
+    /// Hold all of a node's messages past the election timeout, then deliver them in a burst
+    /// (what a SIGSTOP/SIGCONT does to its peers).
+    Pause,
+    /// A node's links get slow: up to hundreds of milliseconds per message.
+    LatencySpike,
+    /// A node's links lose messages now and then, which breaks TCP connections.
+    LinkNoise,
+    /// Crash a random node and restart it, losing a torn tail of its un-synced writes.
+    CrashNode,
+    /// Crash the leader of the metadata group or of a partition.
+    CrashLeader,
+    /// Crash a minority of the nodes at once.
+    CrashMinority,
+    /// Crash every node at once (a power cut).
+    PowerLoss,
+    /// Slow fsync on some nodes.
+    SlowFsync,
+}
+
+impl FaultKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [FaultKind; 15] = [
+        FaultKind::IsolateNode,
+        FaultKind::IsolateLeader,
+        FaultKind::MajoritySplit,
+        FaultKind::Ring,
+        FaultKind::OneWay,
+        FaultKind::ClientToLeader,
+        FaultKind::Flapping,
+        FaultKind::Pause,
+        FaultKind::LatencySpike,
+        FaultKind::LinkNoise,
+        FaultKind::CrashNode,
+        FaultKind::CrashLeader,
+        FaultKind::CrashMinority,
+        FaultKind::PowerLoss,
+        FaultKind::SlowFsync,
+    ];
+
+    /// The kebab-case name used in flags and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::IsolateNode => "isolate-node",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::MajoritySplit => "majority-split",
+            FaultKind::Ring => "ring",
+            FaultKind::OneWay => "one-way",
+            FaultKind::ClientToLeader => "client-to-leader",
+            FaultKind::Flapping => "flapping",
+            FaultKind::Pause => "pause",
+            FaultKind::LatencySpike => "latency-spike",
+            FaultKind::LinkNoise => "link-noise",
+            FaultKind::CrashNode => "crash-node",
+            FaultKind::CrashLeader => "crash-leader",
+            FaultKind::CrashMinority => "crash-minority",
+            FaultKind::PowerLoss => "power-loss",
+            FaultKind::SlowFsync => "slow-fsync",
+        }
+    }
+}
+
+/// A topic the workload creates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+}
+
+/// Everything a run does, derived from its seed (and flags that pin parts of it).
+#[derive(Debug, Clone, Serialize)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Nodes in the cluster, all metadata voters: 3 or 5.
+    pub nodes: u64,
+    pub topics: Vec<TopicSpec>,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Concurrent producer sessions, each sending one batch at a time.
+    pub producers: u32,
+    /// Tailing consumers; the partitions are split between them.
+    pub consumers: u32,
+    /// Records per produce call.
+    pub batch_records: u64,
+    /// Pause between two produce calls of one producer.
+    #[serde(serialize_with = "millis")]
+    pub produce_pause: Duration,
+    /// Chance that a producer abandons a request mid-flight (a client crash) and retries it.
+    pub abandon_chance: f64,
+    /// Simulated time of the safety phase, during which faults rotate.
+    #[serde(serialize_with = "millis")]
+    pub safety: Duration,
+    /// Shortest and longest time one fault (or quiet spell) lasts.
+    #[serde(serialize_with = "millis")]
+    pub fault_min: Duration,
+    #[serde(serialize_with = "millis")]
+    pub fault_max: Duration,
+    /// Chance that a rotation brings a quiet spell instead of a fault.
+    pub quiet_chance: f64,
+    /// The fault families this seed draws from.
+    pub faults: Vec<FaultKind>,
+    /// A deliberately injected bug, to prove the checker catches it.
+    pub bug: Option<Bug>,
+    /// A named scenario whose script replaces the random fault rotation.
+    pub scenario: Option<Scenario>,
+}
+
+/// A bug the simulation can inject on purpose, to prove the checker catches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bug {
+    /// Every disk's `sync` reports success without making anything durable: acknowledge
+    /// before fsync.
+    SyncLies,
+}
+
+fn millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_millis() as u64)
+}
+
+impl SimOptions {
+    /// The options seed `seed` expands to.
+    pub fn from_seed(seed: u64) -> SimOptions {
+        // Its own stream, so adding an option elsewhere does not reshuffle the rest of the run.
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6f70_7469_6f6e_7321);
+        let nodes = if rng.random_bool(0.35) { 5 } else { 3 };
+        let topics = (0..rng.random_range(1..=3u32))
+            .map(|i| TopicSpec { name: format!("sim-{i}"), partitions: rng.random_range(1..=4) })
+            .collect();
+        let mut faults = FaultKind::ALL.to_vec();
+        faults.shuffle(&mut rng);
+        faults.truncate(rng.random_range(3..=FaultKind::ALL.len()));
+        // Every seed crashes something, so every run checks durability across restarts.
+        if !faults.iter().any(|f| {
+            matches!(f, FaultKind::CrashNode | FaultKind::CrashLeader | FaultKind::CrashMinority | FaultKind::PowerLoss)
+        }) {
+            let crash = *[FaultKind::CrashNode, FaultKind::CrashLeader, FaultKind::CrashMinority, FaultKind::PowerLoss]
+                .choose(&mut rng)
+                .expect("not empty");
+            faults.push(crash);
+        }
+        faults.sort();
+        let fault_min = Duration::from_millis(rng.random_range(1_000..=4_000));
+        SimOptions {
+            seed,
+            nodes,
+            topics,
+            replication_factor: 3,
+            producers: rng.random_range(1..=4),
+            consumers: rng.random_range(1..=3),
+            batch_records: rng.random_range(1..=8),
+            produce_pause: Duration::from_millis(rng.random_range(5..=150)),
+            abandon_chance: *[0.0, 0.01, 0.05].choose(&mut rng).expect("not empty"),
+            safety: Duration::from_secs(rng.random_range(30..=75)),
+            fault_min,
+            fault_max: fault_min + Duration::from_millis(rng.random_range(1_000..=8_000)),
+            quiet_chance: 0.25,
+            faults,
+            bug: None,
+            scenario: None,
+        }
+    }
+
+    /// The options of a named scenario under `seed`: the seed's workload on the scenario's
+    /// cluster, with the scenario's script instead of the random mix.
+    pub fn for_scenario(scenario: Scenario, seed: u64) -> SimOptions {
+        SimOptions {
+            nodes: scenario.nodes(),
+            faults: Vec::new(),
+            scenario: Some(scenario),
+            ..SimOptions::from_seed(seed)
+        }
+    }
+
+    /// Total partitions across topics.
+    pub fn partition_count(&self) -> u32 {
+        self.topics.iter().map(|t| t.partitions).sum()
+    }
+}
+
+impl fmt::Display for SimOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let topics: Vec<String> = self.topics.iter().map(|t| format!("{}x{}", t.name, t.partitions)).collect();
+        let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
+        write!(
+            f,
+            "nodes={} topics=[{}] rf={} producers={} consumers={} batch={} pause={}ms abandon={} safety={}s faults={}-{}ms quiet={:.0}% mix=[{}]",
+            self.nodes,
+            topics.join(","),
+            self.replication_factor,
+            self.producers,
+            self.consumers,
+            self.batch_records,
+            self.produce_pause.as_millis(),
+            self.abandon_chance,
+            self.safety.as_secs(),
+            self.fault_min.as_millis(),
+            self.fault_max.as_millis(),
+            self.quiet_chance * 100.0,
+            faults.join(",")
+        )?;
+        if let Some(scenario) = self.scenario {
+            write!(f, " scenario={scenario:?}")?;
+        }
+        if let Some(bug) = self.bug {
+            write!(f, " bug={bug:?}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! Named regression scenarios: scripted fault schedules that reproduce public bugs in peer
+//! systems, each run as its own seeded test (`simulation/tests/scenarios.rs`). The workload
+//! and the checker are the same as in random runs; only the nemesis follows a script.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::nemesis::Faults;
+use crate::nemesis::faults::Role;
+
+/// A scripted scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// NATS #7564: acknowledge writes, then crash every node at once, twice; only what each
+    /// node fsynced (plus a torn tail) survives, and every acknowledged record must.
+    PowerLossAfterAcks,
+    /// NATS #7567: on five nodes, pause two, crash a third with un-synced loss, then resume
+    /// the two and pause the other two. No split brain, nothing acknowledged lost.
+    PauseThenCrash,
+    /// NATS #6888 / PR #5946: kill every node right after the topics are created, and keep
+    /// killing nodes. The topics must still exist, with every acknowledged record.
+    CrashAfterCreate,
+    /// A partition leader paused past its election timeout, then resumed with a burst of
+    /// stale messages: it must never acknowledge after losing leadership.
+    PausedLeader,
+    /// etcd #14098: crash leaders repeatedly so each keeps a torn prefix of its un-synced
+    /// tail; every node must boot on it and the log must heal.
+    TornTail,
+    /// Jepsen TigerBeetle: wipe one node's disk and restart it with the same id: it must
+    /// refuse to start rather than vote as an empty voter; the rest keep every acknowledged
+    /// record.
+    WipedDisk,
+}
+
+impl Scenario {
+    /// Every scenario, for `--list` and the tests.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::PowerLossAfterAcks,
+        Scenario::PauseThenCrash,
+        Scenario::CrashAfterCreate,
+        Scenario::PausedLeader,
+        Scenario::TornTail,
+        Scenario::WipedDisk,
+    ];
+
+    /// Nodes the scenario needs.
+    pub fn nodes(self) -> u64 {
+        match self {
+            Scenario::PauseThenCrash => 5,
+            _ => 3,
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// Runs `scenario`'s script with the nemesis' primitives.
+pub async fn script(scenario: Scenario, faults: &mut Faults) {
+    match scenario {
+        Scenario::PowerLossAfterAcks => {
+            for _ in 0..2 {
+                tokio::time::sleep(secs(4.0)).await;
+                crate::coverage::hit("power_loss");
+                let nodes = faults.nodes().to_vec();
+                faults.crash_and_restart(&nodes, secs(2.0)).await;
+            }
+            tokio::time::sleep(secs(4.0)).await;
+        }
+        Scenario::PauseThenCrash => {
+            tokio::time::sleep(secs(3.0)).await;
+            let nodes = faults.nodes().to_vec();
+            let (first_pair, rest) = nodes.split_at(2);
+            let (victim, second_pair) = rest.split_at(1);
+            for node in first_pair {
+                faults.hold_node(*node);
+            }
+            tokio::time::sleep(secs(1.0)).await;
+            faults.crash(victim);
+            tokio::time::sleep(secs(3.0)).await;
+            for node in first_pair {
+                faults.release_node(*node);
+            }
+            for node in second_pair {
+                faults.hold_node(*node);
+            }
+            tokio::time::sleep(secs(4.0)).await;
+            faults.restart(victim);
+            for node in second_pair {
+                faults.release_node(*node);
+            }
+            tokio::time::sleep(secs(4.0)).await;
+        }
+        Scenario::CrashAfterCreate => {
+            let nodes = faults.nodes().to_vec();
+            faults.crash_and_restart(&nodes, secs(1.0)).await;
+            tokio::time::sleep(secs(2.0)).await;
+            faults.crash_and_restart(&nodes, secs(1.0)).await;
+            for _ in 0..3 {
+                tokio::time::sleep(secs(3.0)).await;
+                let node = faults.find(Role::Any).await;
+                faults.crash_and_restart(&[node], secs(1.5)).await;
+            }
+            tokio::time::sleep(secs(3.0)).await;
+        }
+        Scenario::PausedLeader => {
+            for _ in 0..3 {
+                tokio::time::sleep(secs(3.0)).await;
+                let leader = faults.find(Role::PartitionLeader).await;
+                faults.pause(leader, secs(4.0)).await;
+            }
+            tokio::time::sleep(secs(3.0)).await;
+        }
+        Scenario::TornTail => {
+            for round in 0..5 {
+                tokio::time::sleep(secs(2.5)).await;
+                let role = if round % 2 == 0 { Role::PartitionLeader } else { Role::MetadataLeader };
+                let leader = faults.find(role).await;
+                faults.crash_and_restart(&[leader], secs(1.0)).await;
+            }
+            tokio::time::sleep(secs(3.0)).await;
+        }
+        Scenario::WipedDisk => {
+            tokio::time::sleep(secs(3.0)).await;
+            let node = faults.find(Role::Any).await;
+            faults.crash(&[node]);
+            faults.wipe(node);
+            tokio::time::sleep(secs(1.0)).await;
+            faults.restart(&[node]);
+            tokio::time::sleep(secs(8.0)).await;
+        }
+    }
+}

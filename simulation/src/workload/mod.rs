@@ -1,0 +1,185 @@
+//! The client workload, the same under the simulation and against real processes: create
+//! the topics, run producers and tailing consumers until the nemesis has healed every fault,
+//! require the healed cluster to acknowledge again within a bound, then drain every
+//! partition from offset 0, collect every replica's digest and every node's topic listing.
+//! Everything the clients are told goes into the shared [`History`](crate::checker::History).
+
+mod consumer;
+mod drain;
+mod producer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::bail;
+use flotilla_client::{Client, ClientConfig, ClientError, Connector, ErrorCode};
+use flotilla_proto::net::{ChannelSettings, channel};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::checker::PartitionKey;
+use crate::options::TopicSpec;
+use crate::shared::Shared;
+
+/// What the workload does; the simulation derives it from the seed's options.
+#[derive(Debug, Clone)]
+pub struct WorkloadPlan {
+    pub seed: u64,
+    pub topics: Vec<TopicSpec>,
+    pub replication_factor: u32,
+    pub producers: u32,
+    pub consumers: u32,
+    pub batch_records: u64,
+    pub produce_pause: Duration,
+    pub abandon_chance: f64,
+}
+
+impl WorkloadPlan {
+    /// Every partition of every topic, in a fixed order.
+    pub fn partitions(&self) -> Vec<PartitionKey> {
+        self.topics.iter().flat_map(|t| (0..t.partitions).map(|p| PartitionKey::new(&t.name, p))).collect()
+    }
+}
+
+/// How clients reach the cluster: seed brokers, the socket layer and timeouts.
+#[derive(Clone)]
+pub struct Environment {
+    pub brokers: Vec<String>,
+    pub connector: Connector,
+    pub request_timeout: Duration,
+}
+
+impl Environment {
+    /// A client; `retries_max` 0 makes one attempt per call, so the workload knows exactly
+    /// which attempts had an unknown outcome.
+    pub fn client(&self, retries_max: u32) -> anyhow::Result<Client> {
+        let config = ClientConfig {
+            request_timeout: self.request_timeout,
+            connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
+            retries_max,
+            ..ClientConfig::default()
+        };
+        Ok(Client::connect_with(self.brokers.clone(), config, Arc::clone(&self.connector))?)
+    }
+
+    /// A channel to one node, for questions only that node can answer (its replica digests,
+    /// its own topic listing).
+    pub fn node_channel(&self, address: &str) -> anyhow::Result<Channel> {
+        let settings = ChannelSettings {
+            connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
+            ..ChannelSettings::default()
+        };
+        Ok(channel(address, &self.connector, &settings)?)
+    }
+}
+
+/// How long the cluster may take to create the topics at startup.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+/// Time for elections and catch-up after the last repair, before the healed phase starts.
+const SETTLE: Duration = Duration::from_secs(3);
+/// Quiet time between the last produce and the final drain.
+const QUIET: Duration = Duration::from_secs(3);
+
+/// Runs the workload to the end.
+pub async fn run(plan: WorkloadPlan, env: Environment, shared: Arc<Shared>) -> anyhow::Result<()> {
+    create_topics(&plan, &env, &shared).await?;
+    shared.topics_ready.store(true, Ordering::SeqCst);
+    shared.note("topics ready");
+
+    let consumers_stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for id in 0..plan.producers {
+        let producer = producer::Producer::new(id, &plan, env.client(0)?, Arc::clone(&shared));
+        producers.push(tokio::spawn(producer.run(SETTLE)));
+    }
+    let partitions = plan.partitions();
+    let mut consumers = Vec::new();
+    for id in 0..plan.consumers {
+        let assigned: Vec<PartitionKey> = partitions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 % plan.consumers == id)
+            .map(|(_, p)| p.clone())
+            .collect();
+        let consumer = consumer::Consumer::new(id, assigned, env.client(0)?, Arc::clone(&shared));
+        consumers.push(tokio::spawn(consumer.run(Arc::clone(&consumers_stop))));
+    }
+    for producer in producers {
+        producer.await?;
+    }
+    consumers_stop.store(true, Ordering::SeqCst);
+    for consumer in consumers {
+        consumer.await?;
+    }
+
+    tokio::time::sleep(QUIET).await;
+    drain::run(&plan, &env, &shared).await
+}
+
+/// Creates every topic, waiting for the cluster to form. Creation is not idempotent, so a
+/// retry that finds the topic already there counts as success.
+async fn create_topics(plan: &WorkloadPlan, env: &Environment, shared: &Shared) -> anyhow::Result<()> {
+    let admin = env.client(3)?;
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    for topic in &plan.topics {
+        loop {
+            match admin.create_topic(&topic.name, topic.partitions, plan.replication_factor).await {
+                Ok(_) => break,
+                Err(err) if err.code() == Some(ErrorCode::TopicExists) => break,
+                Err(err) if Instant::now() < deadline => {
+                    shared.note(format!("create topic {}: {}", topic.name, error_chain(&err)));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => {
+                    bail!("the cluster did not create topic {:?} within {STARTUP_DEADLINE:?}: {err}", topic.name)
+                }
+            }
+        }
+        let mut history = shared.history.lock();
+        history.created_topics.insert(topic.name.clone());
+        history.partitions.extend((0..topic.partitions).map(|p| PartitionKey::new(&topic.name, p)));
+    }
+    Ok(())
+}
+
+/// Whether a failed produce certainly appended nothing: the server promises that for these
+/// codes (it refused before proposing, or the node it asked does not lead). Anything else
+/// (a timeout, a lost connection, `Unavailable` mid-commit) leaves the outcome unknown.
+pub fn definitely_not_appended(err: &ClientError) -> bool {
+    matches!(
+        err.code(),
+        Some(
+            ErrorCode::UnknownTopic
+                | ErrorCode::PartitionOutOfRange
+                | ErrorCode::EmptyBatch
+                | ErrorCode::RecordTooLarge
+                | ErrorCode::BatchTooLarge
+                | ErrorCode::TooManyRecords
+                | ErrorCode::InvalidRequest
+                | ErrorCode::NotLeader
+                | ErrorCode::LeaderUnavailable
+                | ErrorCode::ReplicaNotHere
+        )
+    )
+}
+
+/// An error and its causes, outermost first: the client's "gave up after 1 attempts" alone
+/// does not say what went wrong.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,167 @@
+//! One producer session: keyed batches of run-unique values, one request at a time, retrying
+//! what was not acknowledged. Now and then it abandons a request mid-flight (a client crash)
+//! and retries. Once every fault is healed, each batch must be acknowledged within a bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_client::{Client, ClientError, v1};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+
+use super::{WorkloadPlan, definitely_not_appended, error_chain};
+use crate::checker::{Ack, PartitionKey};
+use crate::coverage;
+use crate::options::TopicSpec;
+use crate::shared::Shared;
+
+/// Distinct keys; records with one key share a partition.
+const KEYS: u64 = 16;
+/// Attempts per batch while faults are active; then the producer moves on.
+const ATTEMPTS_DURING_FAULTS: u32 = 3;
+/// Batches produced after every fault is healed; each must eventually be acknowledged.
+const HEALED_BATCHES: u64 = 10;
+/// Attempts per batch once healed: bounds how long the cluster may take to recover.
+const ATTEMPTS_WHEN_HEALED: u32 = 40;
+/// Pause between two attempts of one batch.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// One producer session.
+pub struct Producer {
+    id: u32,
+    topics: Vec<TopicSpec>,
+    batch_records: u64,
+    pause: Duration,
+    abandon_chance: f64,
+    client: Client,
+    shared: Arc<Shared>,
+    rng: StdRng,
+    next_value: u64,
+}
+
+impl Producer {
+    pub fn new(id: u32, plan: &WorkloadPlan, client: Client, shared: Arc<Shared>) -> Producer {
+        Producer {
+            id,
+            topics: plan.topics.clone(),
+            batch_records: plan.batch_records,
+            pause: plan.produce_pause,
+            abandon_chance: plan.abandon_chance,
+            client,
+            shared,
+            rng: StdRng::seed_from_u64(plan.seed ^ 0x7072_6f64_7563_6572 ^ u64::from(id).wrapping_mul(0x9E37_79B9)),
+            next_value: 0,
+        }
+    }
+
+    /// Produces until the faults are healed, waits `settle`, then checks the cluster serves.
+    pub async fn run(mut self, settle: Duration) {
+        while !self.shared.faults_done() {
+            self.produce_one(ATTEMPTS_DURING_FAULTS).await;
+            tokio::time::sleep(self.pause).await;
+        }
+        tokio::time::sleep(settle).await;
+        for _ in 0..HEALED_BATCHES {
+            if let Some(first) = self.produce_one(ATTEMPTS_WHEN_HEALED).await {
+                self.shared.history.lock().liveness_failures.push(format!(
+                    "producer {}: the batch starting with {first:?} was not acknowledged in {ATTEMPTS_WHEN_HEALED} attempts after every fault was healed",
+                    self.id
+                ));
+                // One such failure says it all; more would only run the clock out.
+                return;
+            }
+            tokio::time::sleep(self.pause).await;
+        }
+    }
+
+    /// Produces one fresh batch in up to `attempts` calls; `None` when all of it was
+    /// acknowledged, else the batch's first value.
+    async fn produce_one(&mut self, attempts: u32) -> Option<String> {
+        let topic = self.topics.choose(&mut self.rng).expect("a plan has topics").name.clone();
+        let mut batch: Vec<(String, String)> = (0..self.batch_records)
+            .map(|_| {
+                let n = self.next_value;
+                self.next_value += 1;
+                (format!("k{:02}", self.rng.random_range(0..KEYS)), format!("p{}-{n:06}", self.id))
+            })
+            .collect();
+        let first = batch.first().map(|(_, v)| v.clone()).unwrap_or_default();
+        {
+            let mut history = self.shared.history.lock();
+            for (_, value) in &batch {
+                history.attempt(value, false);
+            }
+        }
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            batch = self.attempt(&topic, batch, attempt).await;
+            if batch.is_empty() {
+                return None;
+            }
+        }
+        Some(first)
+    }
+
+    /// One produce call; returns the records that were not acknowledged.
+    async fn attempt(&mut self, topic: &str, batch: Vec<(String, String)>, attempt: u32) -> Vec<(String, String)> {
+        let records: Vec<v1::Record> = batch
+            .iter()
+            .map(|(key, value)| v1::Record {
+                key: Some(key.clone().into_bytes().into()),
+                value: value.clone().into_bytes().into(),
+                ..v1::Record::default()
+            })
+            .collect();
+        let abandon_after =
+            self.rng.random_bool(self.abandon_chance).then(|| Duration::from_millis(self.rng.random_range(1..=40)));
+        let call = self.client.produce(topic, None, records);
+        let result = match abandon_after {
+            Some(after) => tokio::time::timeout(after, call).await.ok(),
+            None => Some(call.await),
+        };
+        let (acks, failure, definite) = match result {
+            Some(Ok(acks)) => (acks.into_iter().map(Some).collect(), None, false),
+            Some(Err(ClientError::PartiallyAcknowledged { acks, source, .. })) => {
+                let definite = definitely_not_appended(&source);
+                (acks, Some(error_chain(&*source)), definite)
+            }
+            Some(Err(err)) => (vec![None; batch.len()], Some(error_chain(&err)), definitely_not_appended(&err)),
+            None => {
+                coverage::hit("client_abandoned_request");
+                (vec![None; batch.len()], Some("the client abandoned the request mid-flight".to_string()), false)
+            }
+        };
+        let mut unacknowledged = Vec::new();
+        {
+            let mut history = self.shared.history.lock();
+            for ((key, value), ack) in batch.into_iter().zip(acks) {
+                match ack {
+                    Some(ack) => {
+                        let partition = PartitionKey::new(topic, ack.partition);
+                        self.shared.note(format!("ack {partition}@{} {value}", ack.offset));
+                        history.acknowledged(Ack { partition, offset: ack.offset, value, producer: self.id });
+                    }
+                    None => {
+                        if definite {
+                            history.refused(&value);
+                        } else {
+                            history.outcome_unknown(&value);
+                        }
+                        unacknowledged.push((key, value));
+                    }
+                }
+            }
+        }
+        if let Some(failure) = failure {
+            self.shared.note(format!(
+                "producer {} attempt {attempt} left {} records unacknowledged: {failure}",
+                self.id,
+                unacknowledged.len()
+            ));
+        }
+        unacknowledged
+    }
+}
