@@ -78,9 +78,12 @@ lint: deps ## cargo fmt --check and clippy -D warnings (release profile)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-# The seeded simulation driver; replay a failure with the SIM_ARGS it printed.
-sim: deps ## run the simulation driver: make sim SIM_ARGS='...'
-	$(CARGO) run --release -p flotilla-simulation -- $(SIM_ARGS)
+# Seeds 1..SEEDS, one process each, two at a time: totals, violations per invariant and
+# coverage counters (a point stuck at zero fails the sweep). One seed alone:
+# `make sim SIM_ARGS='--seed 7 --trace'` (every failure prints its replay command).
+SEEDS ?=
+sim: build ## simulation: make sim SEEDS=1000 (sweep), or make sim SIM_ARGS='--seed 7'
+	$(if $(SEEDS),$(RELEASE_DIR)/flotilla-sim sweep --seeds $(SEEDS) --require-coverage $(SIM_ARGS),$(RELEASE_DIR)/flotilla-sim $(SIM_ARGS))
 
 # Five real nodes in network namespaces (needs root: `ip netns`; without root it runs process
 # faults only and says so), rotating faults, then heal, drain and the simulation's checker.
