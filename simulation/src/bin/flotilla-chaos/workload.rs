@@ -30,6 +30,9 @@ pub fn plan(seed: u64, topic: &str, partitions: u32, replication_factor: u32, pr
         topics: vec![TopicSpec { name: topic.to_string(), partitions }],
         replication_factor,
         producers,
+        // Half the producers idempotent: their records must never repeat, even across the
+        // retries that kills and pauses force.
+        idempotent_producers: producers / 2,
         consumers: partitions.max(1),
         batch_records: BATCH_RECORDS,
         produce_pause: PRODUCE_PAUSE,
