@@ -126,18 +126,25 @@ impl IdempotentProducer {
         let count = records.len() as u64;
         let idempotence =
             v1::ProducerSequence { producer_id: self.producer_id, producer_epoch: self.producer_epoch, base_sequence };
-        let kept = records.clone();
+        // In doubt from the moment it leaves: if the caller drops this future mid-request (a
+        // timeout around `send`), the batch may still land, and the next call must resend it
+        // rather than reuse its sequence for other records (which the partition would answer
+        // as a duplicate, silently dropping them).
+        let was_in_doubt = sequence.in_doubt.is_some();
+        sequence.in_doubt = Some(InDoubt { base_sequence, records: records.clone() });
         let result = self.client.produce_to(topic, Some(partition), records, Some(idempotence)).await;
         match &result {
             Ok(_) => {
                 sequence.in_doubt = None;
                 sequence.next = base_sequence + count;
             }
-            Err(error) if outcome_unknown(error) => {
-                sequence.in_doubt = Some(InDoubt { base_sequence, records: kept });
-            }
-            // A definite refusal: nothing was appended and the sequence stays where it was.
+            Err(error) if outcome_unknown(error) => {}
+            // A definite refusal: nothing was appended by this call, and the sequence stays
+            // where it was (an earlier in-doubt batch stays in doubt).
             Err(error) => {
+                if !was_in_doubt {
+                    sequence.in_doubt = None;
+                }
                 if error.code() == Some(ErrorCode::ProducerFenced) {
                     self.fenced.lock().get_or_insert_with(|| clone_refusal(error));
                 }

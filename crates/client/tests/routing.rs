@@ -327,6 +327,29 @@ async fn an_unsettled_batch_must_be_resent_before_other_records() {
 }
 
 #[tokio::test]
+async fn a_send_dropped_mid_request_leaves_its_batch_in_doubt() {
+    // Found by the simulation: a caller's timeout around `send` used to leave the sequence
+    // unclaimed, so the next batch reused it and the partition answered it as a duplicate of
+    // the dropped one — its records silently never appended.
+    let (cluster, addresses) = start_cluster(1, vec![1]).await;
+    let patient = ClientConfig { retries_max: 10_000, retry_backoff_max: Duration::from_millis(5), ..config() };
+    let client = Client::connect(addresses, patient).expect("valid address");
+    let producer = client.idempotent_producer().await.expect("session");
+    // The leader keeps saying "election in progress", so the send is still retrying when the
+    // caller's timeout drops it.
+    cluster.lock().fail_with = Some((ErrorCode::LeaderUnavailable, "election in progress".into()));
+    let dropped = tokio::time::timeout(Duration::from_millis(50), producer.send("t", 0, keyed(&["a"]))).await;
+    assert!(dropped.is_err(), "the send was cut off mid-request");
+    cluster.lock().fail_with = None;
+    let error = producer.send("t", 0, keyed(&["b"])).await.expect_err("the dropped batch is in doubt");
+    assert!(matches!(error, ClientError::SequenceInDoubt { base_sequence: 0, records: 1, .. }), "{error:?}");
+    let acks = producer.send("t", 0, keyed(&["a"])).await.expect("resending the same records settles it");
+    assert_eq!(acks, [v1::RecordAck { partition: 0, offset: 0 }]);
+    let acks = producer.send("t", 0, keyed(&["b"])).await.expect("then other records go on");
+    assert_eq!(acks, [v1::RecordAck { partition: 0, offset: 1 }]);
+}
+
+#[tokio::test]
 async fn a_fenced_session_refuses_every_later_send() {
     let (cluster, addresses) = start_cluster(1, vec![1]).await;
     let client = Client::connect(addresses, config()).expect("valid address");
