@@ -30,6 +30,7 @@ pub const EXPECTED_POINTS: &[(&str, &str)] = &[
     ("snapshot_installed", "a lagging replica caught up by installing a snapshot (node code)"),
     ("proposal_outcome_unknown", "a deposed leader's in-flight proposal was fenced by a new term (node code)"),
     ("client_abandoned_request", "a client gave up mid-request and retried"),
+    ("idempotent_duplicate_answered", "a resent idempotent batch was answered with its first offsets (node code)"),
     ("slow_fsync", "fsync was slow on some node"),
 ];
 

@@ -161,6 +161,7 @@ pub fn run(options: SimOptions) -> anyhow::Result<Outcome> {
         topics: options.topics.clone(),
         replication_factor: options.replication_factor,
         producers: options.producers,
+        idempotent_producers: options.idempotent_producers,
         consumers: options.consumers,
         batch_records: options.batch_records,
         produce_pause: options.produce_pause,

@@ -110,6 +110,8 @@ pub struct SimOptions {
     pub replication_factor: u32,
     /// Concurrent producer sessions, each sending one batch at a time.
     pub producers: u32,
+    /// How many of them are idempotent (the first ones): their records must never repeat.
+    pub idempotent_producers: u32,
     /// Tailing consumers; the partitions are split between them.
     pub consumers: u32,
     /// Records per produce call.
@@ -173,12 +175,14 @@ impl SimOptions {
         }
         faults.sort();
         let fault_min = Duration::from_millis(rng.random_range(1_000..=4_000));
+        let producers = rng.random_range(1..=4);
         SimOptions {
             seed,
             nodes,
             topics,
             replication_factor: 3,
-            producers: rng.random_range(1..=4),
+            producers,
+            idempotent_producers: rng.random_range(0..=producers),
             consumers: rng.random_range(1..=3),
             batch_records: rng.random_range(1..=8),
             produce_pause: Duration::from_millis(rng.random_range(5..=150)),
@@ -196,12 +200,18 @@ impl SimOptions {
     /// The options of a named scenario under `seed`: the seed's workload on the scenario's
     /// cluster, with the scenario's script instead of the random mix.
     pub fn for_scenario(scenario: Scenario, seed: u64) -> SimOptions {
-        SimOptions {
+        let mut options = SimOptions {
             nodes: scenario.nodes(),
             faults: Vec::new(),
             scenario: Some(scenario),
             ..SimOptions::from_seed(seed)
+        };
+        if scenario.idempotent_only() {
+            options.producers = options.producers.max(2);
+            options.idempotent_producers = options.producers;
+            options.abandon_chance = options.abandon_chance.max(0.05);
         }
+        options
     }
 
     /// Total partitions across topics.
@@ -216,11 +226,12 @@ impl fmt::Display for SimOptions {
         let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
         write!(
             f,
-            "nodes={} topics=[{}] rf={} producers={} consumers={} batch={} pause={}ms abandon={} safety={}s faults={}-{}ms quiet={:.0}% mix=[{}]",
+            "nodes={} topics=[{}] rf={} producers={} ({} idempotent) consumers={} batch={} pause={}ms abandon={} safety={}s faults={}-{}ms quiet={:.0}% mix=[{}]",
             self.nodes,
             topics.join(","),
             self.replication_factor,
             self.producers,
+            self.idempotent_producers,
             self.consumers,
             self.batch_records,
             self.produce_pause.as_millis(),

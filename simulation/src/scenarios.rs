@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::nemesis::Faults;
 use crate::nemesis::faults::Role;
+use crate::options::FaultKind;
 
 /// A scripted scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -32,17 +33,22 @@ pub enum Scenario {
     /// refuse to start rather than vote as an empty voter; the rest keep every acknowledged
     /// record.
     WipedDisk,
+    /// Redpanda #3039: idempotent producers whose clients lose the partition leader (cut off
+    /// from it, then the leader is killed) mid-produce, and retry against the new leader.
+    /// No record may appear twice.
+    IdempotentRetryAfterLeaderChange,
 }
 
 impl Scenario {
     /// Every scenario, for `--list` and the tests.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::PowerLossAfterAcks,
         Scenario::PauseThenCrash,
         Scenario::CrashAfterCreate,
         Scenario::PausedLeader,
         Scenario::TornTail,
         Scenario::WipedDisk,
+        Scenario::IdempotentRetryAfterLeaderChange,
     ];
 
     /// Nodes the scenario needs.
@@ -51,6 +57,11 @@ impl Scenario {
             Scenario::PauseThenCrash => 5,
             _ => 3,
         }
+    }
+
+    /// Whether every producer of the scenario is idempotent.
+    pub fn idempotent_only(self) -> bool {
+        matches!(self, Scenario::IdempotentRetryAfterLeaderChange)
     }
 }
 
@@ -120,6 +131,15 @@ pub async fn script(scenario: Scenario, faults: &mut Faults) {
                 let role = if round % 2 == 0 { Role::PartitionLeader } else { Role::MetadataLeader };
                 let leader = faults.find(role).await;
                 faults.crash_and_restart(&[leader], secs(1.0)).await;
+            }
+            tokio::time::sleep(secs(3.0)).await;
+        }
+        Scenario::IdempotentRetryAfterLeaderChange => {
+            for _ in 0..4 {
+                tokio::time::sleep(secs(2.5)).await;
+                faults.inject(FaultKind::ClientToLeader, secs(2.0)).await;
+                tokio::time::sleep(secs(0.3)).await;
+                faults.inject(FaultKind::CrashLeader, secs(1.5)).await;
             }
             tokio::time::sleep(secs(3.0)).await;
         }

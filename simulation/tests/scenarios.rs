@@ -52,3 +52,8 @@ fn a_wiped_node_refuses_to_rejoin_under_its_id_tigerbeetle() {
     let acknowledged: u64 = verdict.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(acknowledged > 100, "only {acknowledged} acknowledged:\n{}", run.explain());
 }
+
+#[test]
+fn idempotent_retries_after_a_leader_change_never_duplicate_redpanda_3039() {
+    scenario_passes("idempotent-retry-after-leader-change");
+}

@@ -29,6 +29,8 @@ pub struct WorkloadPlan {
     pub topics: Vec<TopicSpec>,
     pub replication_factor: u32,
     pub producers: u32,
+    /// Producers `0..idempotent_producers` use idempotent sessions.
+    pub idempotent_producers: u32,
     pub consumers: u32,
     pub batch_records: u64,
     pub produce_pause: Duration,
@@ -94,7 +96,7 @@ pub async fn run(plan: WorkloadPlan, env: Environment, shared: Arc<Shared>) -> a
     let consumers_stop = Arc::new(AtomicBool::new(false));
     let mut producers = Vec::new();
     for id in 0..plan.producers {
-        let producer = producer::Producer::new(id, &plan, env.client(0)?, Arc::clone(&shared));
+        let producer = producer::Producer::start(id, &plan, env.client(0)?, Arc::clone(&shared)).await?;
         producers.push(tokio::spawn(producer.run(SETTLE)));
     }
     let partitions = plan.partitions();
@@ -151,21 +153,25 @@ async fn create_topics(plan: &WorkloadPlan, env: &Environment, shared: &Shared) 
 /// codes (it refused before proposing, or the node it asked does not lead). Anything else
 /// (a timeout, a lost connection, `Unavailable` mid-commit) leaves the outcome unknown.
 pub fn definitely_not_appended(err: &ClientError) -> bool {
-    matches!(
-        err.code(),
-        Some(
-            ErrorCode::UnknownTopic
-                | ErrorCode::PartitionOutOfRange
-                | ErrorCode::EmptyBatch
-                | ErrorCode::RecordTooLarge
-                | ErrorCode::BatchTooLarge
-                | ErrorCode::TooManyRecords
-                | ErrorCode::InvalidRequest
-                | ErrorCode::NotLeader
-                | ErrorCode::LeaderUnavailable
-                | ErrorCode::ReplicaNotHere
+    // `SequenceInDoubt`: the session refused to send other records before an in-doubt batch.
+    matches!(err, ClientError::SequenceInDoubt { .. })
+        || matches!(
+            err.code(),
+            Some(
+                ErrorCode::UnknownTopic
+                    | ErrorCode::PartitionOutOfRange
+                    | ErrorCode::EmptyBatch
+                    | ErrorCode::RecordTooLarge
+                    | ErrorCode::BatchTooLarge
+                    | ErrorCode::TooManyRecords
+                    | ErrorCode::InvalidRequest
+                    | ErrorCode::NotLeader
+                    | ErrorCode::LeaderUnavailable
+                    | ErrorCode::ReplicaNotHere
+                    | ErrorCode::ProducerFenced
+                    | ErrorCode::OutOfOrderSequence
+            )
         )
-    )
 }
 
 /// An error and its causes, outermost first: the client's "gave up after 1 attempts" alone

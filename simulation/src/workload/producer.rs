@@ -1,11 +1,13 @@
 //! One producer session: keyed batches of run-unique values, one request at a time, retrying
-//! what was not acknowledged. Now and then it abandons a request mid-flight (a client crash)
+//! what was not acknowledged. An idempotent session resends exactly the unacknowledged
+//! records, as its contract asks, so none may ever appear twice. Now and then it abandons a request mid-flight (a client crash)
 //! and retries. Once every fault is healed, each batch must be acknowledged within a bound.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_client::{Client, ClientError, v1};
+use flotilla_client::{Client, ClientError, IdempotentProducer, v1};
+use flotilla_types::partition_for_key;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -26,6 +28,8 @@ const HEALED_BATCHES: u64 = 10;
 const ATTEMPTS_WHEN_HEALED: u32 = 40;
 /// Pause between two attempts of one batch.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How long an idempotent producer may take to open its session.
+const SESSION_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One producer session.
 pub struct Producer {
@@ -35,14 +39,37 @@ pub struct Producer {
     pause: Duration,
     abandon_chance: f64,
     client: Client,
+    /// The idempotent session, for an idempotent producer.
+    session: Option<IdempotentProducer>,
     shared: Arc<Shared>,
     rng: StdRng,
     next_value: u64,
 }
 
 impl Producer {
-    pub fn new(id: u32, plan: &WorkloadPlan, client: Client, shared: Arc<Shared>) -> Producer {
-        Producer {
+    /// A producer; an idempotent one first opens its session, retrying until the cluster
+    /// answers.
+    pub async fn start(id: u32, plan: &WorkloadPlan, client: Client, shared: Arc<Shared>) -> anyhow::Result<Producer> {
+        let mut session = None;
+        if id < plan.idempotent_producers {
+            let deadline = tokio::time::Instant::now() + SESSION_DEADLINE;
+            loop {
+                match client.idempotent_producer().await {
+                    Ok(opened) => {
+                        shared.note(format!("producer {id}: idempotent session {}", opened.producer_id()));
+                        session = Some(opened);
+                        break;
+                    }
+                    Err(err) if tokio::time::Instant::now() < deadline => {
+                        shared.note(format!("producer {id}: opening a session: {}", error_chain(&err)));
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Err(err) => anyhow::bail!("producer {id} could not open an idempotent session: {err}"),
+                }
+            }
+        }
+        Ok(Producer {
+            session,
             id,
             topics: plan.topics.clone(),
             batch_records: plan.batch_records,
@@ -52,22 +79,25 @@ impl Producer {
             shared,
             rng: StdRng::seed_from_u64(plan.seed ^ 0x7072_6f64_7563_6572 ^ u64::from(id).wrapping_mul(0x9E37_79B9)),
             next_value: 0,
-        }
+        })
     }
 
     /// Produces until the faults are healed, waits `settle`, then checks the cluster serves.
     pub async fn run(mut self, settle: Duration) {
         while !self.shared.faults_done() {
-            self.produce_one(ATTEMPTS_DURING_FAULTS).await;
+            if let Some(first) = self.produce_one(ATTEMPTS_DURING_FAULTS).await
+                && self.session.is_some()
+            {
+                // An idempotent producer gives up on a batch only after the heal.
+                self.healed_batch_failed(&first);
+                return;
+            }
             tokio::time::sleep(self.pause).await;
         }
         tokio::time::sleep(settle).await;
         for _ in 0..HEALED_BATCHES {
             if let Some(first) = self.produce_one(ATTEMPTS_WHEN_HEALED).await {
-                self.shared.history.lock().liveness_failures.push(format!(
-                    "producer {}: the batch starting with {first:?} was not acknowledged in {ATTEMPTS_WHEN_HEALED} attempts after every fault was healed",
-                    self.id
-                ));
+                self.healed_batch_failed(&first);
                 // One such failure says it all; more would only run the clock out.
                 return;
             }
@@ -75,25 +105,41 @@ impl Producer {
         }
     }
 
-    /// Produces one fresh batch in up to `attempts` calls; `None` when all of it was
-    /// acknowledged, else the batch's first value.
+    fn healed_batch_failed(&self, first: &str) {
+        self.shared.history.lock().liveness_failures.push(format!(
+            "producer {}: the batch starting with {first:?} was not acknowledged in {ATTEMPTS_WHEN_HEALED} attempts after every fault was healed",
+            self.id
+        ));
+    }
+
+    /// Produces one fresh batch; `None` once all of it is acknowledged, else the batch's
+    /// first value. A plain producer tries `attempts` times and moves on. An idempotent one
+    /// must settle a batch before it sends another (its session refuses anything else), so
+    /// it retries until acknowledged, or until `ATTEMPTS_WHEN_HEALED` attempts after the heal.
     async fn produce_one(&mut self, attempts: u32) -> Option<String> {
         let topic = self.topics.choose(&mut self.rng).expect("a plan has topics").name.clone();
+        // An idempotent batch carries one key, so it is one partition's batch: after an
+        // abandoned call the producer knows exactly which records are in doubt.
+        let batch_key = self.rng.random_range(0..KEYS);
         let mut batch: Vec<(String, String)> = (0..self.batch_records)
             .map(|_| {
                 let n = self.next_value;
                 self.next_value += 1;
-                (format!("k{:02}", self.rng.random_range(0..KEYS)), format!("p{}-{n:06}", self.id))
+                let key = if self.session.is_some() { batch_key } else { self.rng.random_range(0..KEYS) };
+                (format!("k{key:02}"), format!("p{}-{n:06}", self.id))
             })
             .collect();
         let first = batch.first().map(|(_, v)| v.clone()).unwrap_or_default();
         {
             let mut history = self.shared.history.lock();
             for (_, value) in &batch {
-                history.attempt(value, false);
+                history.attempt(value, self.session.is_some());
             }
         }
-        for attempt in 1..=attempts {
+        let mut attempt = 0;
+        let mut attempts_after_heal = 0;
+        loop {
+            attempt += 1;
             if attempt > 1 {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -101,8 +147,15 @@ impl Producer {
             if batch.is_empty() {
                 return None;
             }
+            if self.session.is_some() {
+                attempts_after_heal += u32::from(self.shared.faults_done());
+                if attempts_after_heal >= ATTEMPTS_WHEN_HEALED {
+                    return Some(first);
+                }
+            } else if attempt >= attempts {
+                return Some(first);
+            }
         }
-        Some(first)
     }
 
     /// One produce call; returns the records that were not acknowledged.
@@ -117,7 +170,18 @@ impl Producer {
             .collect();
         let abandon_after =
             self.rng.random_bool(self.abandon_chance).then(|| Duration::from_millis(self.rng.random_range(1..=40)));
-        let call = self.client.produce(topic, None, records);
+        let call = async {
+            match &self.session {
+                Some(session) => match self.client.partition_count(topic).await {
+                    Ok(partitions) => {
+                        let key = records.first().and_then(|r| r.key.clone()).unwrap_or_default();
+                        session.send(topic, partition_for_key(&key, partitions.max(1)), records).await
+                    }
+                    Err(err) => Err(err),
+                },
+                None => self.client.produce(topic, None, records).await,
+            }
+        };
         let result = match abandon_after {
             Some(after) => tokio::time::timeout(after, call).await.ok(),
             None => Some(call.await),
