@@ -21,6 +21,9 @@ use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::metadata_cache::MetadataCache;
 
+/// How long a broker that failed at the transport level is bypassed as a partition leader.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
 /// Where a request should go.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Target<'a> {
@@ -58,6 +61,10 @@ pub(crate) struct Router {
     /// Serialises metadata refreshes: when many requests learn at once that the cache is
     /// stale (a leader died), one refresh serves them all.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// Brokers that last failed at the transport level (no answer, refused connection), and
+    /// when. A leader the client cannot reach — while its peers still can — is bypassed for a
+    /// while: requests go to another broker, which forwards them.
+    unreachable: Mutex<HashMap<String, Instant>>,
     /// Index into the broker list of the broker unrouted requests currently go to. It moves
     /// on only when that broker fails, so a healthy client keeps one connection busy.
     any_cursor: AtomicUsize,
@@ -86,6 +93,7 @@ impl Router {
             channels: Mutex::new(HashMap::new()),
             cache: RwLock::new(MetadataCache::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
+            unreachable: Mutex::new(HashMap::new()),
             any_cursor: AtomicUsize::new(0),
         })
     }
@@ -132,7 +140,10 @@ impl Router {
                 Err(error) => Ok(Err(error)),
             };
             let wire = match outcome {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => {
+                    self.unreachable.lock().remove(&address);
+                    return Ok(response.into_inner());
+                }
                 Ok(Err(status)) => wire_error(&status, &address),
                 Err(_elapsed) => WireError {
                     code: None,
@@ -170,7 +181,9 @@ impl Router {
                         cache.invalidate();
                     }
                     if wire.code.is_none() || wire.code == Some(ErrorCode::ShuttingDown) {
-                        // The node is unreachable or leaving: unrouted requests go elsewhere.
+                        // The node is unreachable or leaving: unrouted requests go elsewhere,
+                        // and so do requests for the partitions it leads, for a while.
+                        self.unreachable.lock().insert(address.clone(), Instant::now());
                         self.move_away_from(&address);
                     }
                 }
@@ -221,7 +234,26 @@ impl Router {
             self.refresh(generation).await;
         }
         let leader = self.cache.read().leader_address(topic, partition).map(str::to_string);
-        leader.unwrap_or_else(|| self.any_address())
+        match leader {
+            Some(leader) if !self.recently_unreachable(&leader) => leader,
+            // Unknown, or known but out of this client's reach (a partition between the client
+            // and the leader, or a leader that just died): any broker forwards to the leader
+            // it knows, and answers NotLeader with a fresher one.
+            _ => self.any_address(),
+        }
+    }
+
+    /// Whether `address` failed at the transport level within the last `UNREACHABLE_FOR`.
+    fn recently_unreachable(&self, address: &str) -> bool {
+        let mut unreachable = self.unreachable.lock();
+        match unreachable.get(address) {
+            Some(since) if since.elapsed() < UNREACHABLE_FOR => true,
+            Some(_) => {
+                unreachable.remove(address);
+                false
+            }
+            None => false,
+        }
     }
 
     fn needs_refresh(&self) -> bool {

@@ -231,6 +231,29 @@ async fn follows_a_not_leader_hint_and_remembers_it() {
 }
 
 #[tokio::test]
+async fn a_leader_the_client_cannot_reach_is_bypassed_through_another_broker() {
+    // Metadata names node 2 as the leader, but the client cannot reach node 2 (its advertised
+    // address is dead to it); node 1, which the client does reach, can serve — as a real
+    // node would by forwarding. The client must stop insisting on the unreachable leader.
+    let (cluster, addresses) = start_cluster(2, vec![1]).await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    };
+    {
+        let mut cluster = cluster.lock();
+        cluster.advertised = vec![2];
+        cluster.addresses.insert(2, dead);
+    }
+    let client = Client::connect(vec![addresses[0].clone()], config()).expect("valid address");
+    for expected_offset in 0..3 {
+        let acks = client.produce("t", Some(0), keyed(&["a"])).await.expect("served through node 1");
+        assert_eq!(acks, [v1::RecordAck { partition: 0, offset: expected_offset }]);
+    }
+    assert_eq!(cluster.lock().produces.len(), 3, "every produce reached node 1");
+}
+
+#[tokio::test]
 async fn non_retriable_errors_come_back_at_once_with_the_servers_message() {
     let (cluster, addresses) = start_cluster(1, vec![1]).await;
     let message = "record of 2000000 bytes exceeds record_bytes_max 1048576".to_string();
