@@ -1,4 +1,4 @@
-//! `flo topic`: create, list, describe and delete topics.
+//! `flo topic`: create, list, describe and delete topics, and move a partition's replica.
 
 use clap::Subcommand;
 use flotilla_client::{Client, v1};
@@ -32,6 +32,21 @@ pub enum TopicCommand {
     Delete {
         /// Topic name.
         name: String,
+    },
+    /// Move a partition's replica from one node to another. Returns once the catalogue has the
+    /// move; the partition's leader then copies the log to the new node and swaps it in (watch
+    /// `flo topic describe`).
+    MoveReplica {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// The node whose replica moves.
+        #[arg(long, value_name = "NODE")]
+        from: u64,
+        /// The node that receives it: registered, and never a replica of this partition.
+        #[arg(long, value_name = "NODE")]
+        to: u64,
     },
 }
 
@@ -80,6 +95,16 @@ pub async fn run(client: &Client, output: Output, command: TopicCommand) -> anyh
             match output {
                 Output::Json => print_json(&json!({ "deleted": name })),
                 Output::Table => print_text(&format!("deleted topic {name}\n")),
+            }
+        }
+        TopicCommand::MoveReplica { topic, partition, from, to } => {
+            client.move_replica(&topic, partition, from, to).await?;
+            match output {
+                Output::Json => print_json(&json!({ "topic": topic, "partition": partition, "from": from, "to": to })),
+                Output::Table => print_text(&format!(
+                    "moving {topic} partition {partition} from node {from} to node {to}: the catalogue has it; \
+                     the replica catches up in the background (see `flo topic describe {topic}`)\n"
+                )),
             }
         }
     }

@@ -81,6 +81,13 @@ impl AdminService for FakeNode {
         Ok(Response::new(v1::ListTopicsResponse { topics }))
     }
 
+    async fn move_replica(
+        &self,
+        _: Request<v1::MoveReplicaRequest>,
+    ) -> Result<Response<v1::MoveReplicaResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<v1::DescribeTopicRequest>,

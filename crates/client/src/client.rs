@@ -99,6 +99,25 @@ impl Client {
         response.map(|_| ())
     }
 
+    /// Moves the replica of `topic`'s `partition` on node `from` to node `to`. Returns once the
+    /// catalogue records the move; the partition's leader completes the Raft membership change
+    /// afterwards (watch it with [`Client::describe_topic`]). Not idempotent: if an attempt
+    /// times out and a retry finds the move done, the call fails with `InvalidRequest` (`to`
+    /// is already a replica).
+    pub async fn move_replica(&self, topic: &str, partition: u32, from: u64, to: u64) -> Result<(), ClientError> {
+        let message = v1::MoveReplicaRequest { topic: topic.to_string(), partition, from_node: from, to_node: to };
+        let response = self
+            .router
+            .call("move replica", Target::Any, Duration::ZERO, |channel, timeout| {
+                let mut stub = self.admin(channel);
+                let request = request(message.clone(), timeout);
+                async move { stub.move_replica(request).await }
+            })
+            .await;
+        self.router.invalidate();
+        response.map(|_| ())
+    }
+
     /// Every topic.
     pub async fn list_topics(&self) -> Result<Vec<v1::Topic>, ClientError> {
         let response = self

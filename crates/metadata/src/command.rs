@@ -18,6 +18,10 @@ pub enum MetaCommand {
     ReportLeaders { reports: Vec<(GroupId, NodeId, u64)> },
     /// Allocates a fresh idempotent-producer id (InitProducer).
     AllocateProducerId,
+    /// Moves one replica of a partition from node `from` to node `to`. The catalogue changes
+    /// at once; the partition's Raft leader then changes the group's membership to match
+    /// (`server/src/membership.rs`).
+    MoveReplica { topic: String, partition: u32, from: NodeId, to: NodeId },
 }
 
 /// Why a command changed nothing.
@@ -33,6 +37,19 @@ pub enum MetaError {
     InvalidReplicationFactor { requested: u32 },
     #[error("partition count must be between 1 and {max}, got {requested}")]
     InvalidPartitionCount { requested: u32, max: u32 },
+    #[error("topic {topic:?} has {partitions} partitions; there is no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32, partitions: u32 },
+    #[error("node {node} is not a replica of {topic:?} partition {partition} (its replicas are {replicas:?})")]
+    NotAReplica { topic: String, partition: u32, node: NodeId, replicas: Vec<NodeId> },
+    #[error("node {node} is not a registered node (registered: {registered:?})")]
+    UnknownNode { node: NodeId, registered: Vec<NodeId> },
+    #[error("node {node} is already a replica of {topic:?} partition {partition} (its replicas are {replicas:?})")]
+    AlreadyAReplica { topic: String, partition: u32, node: NodeId, replicas: Vec<NodeId> },
+    #[error(
+        "node {node} was a replica of {topic:?} partition {partition} before and cannot be one again: \
+         a node id holds one log of a Raft group for the group's lifetime, and its copy was deleted"
+    )]
+    FormerReplica { topic: String, partition: u32, node: NodeId },
 }
 
 /// The outcome of a command.
@@ -80,6 +97,9 @@ impl std::fmt::Display for MetaCommand {
             MetaCommand::DeleteTopic { name } => write!(f, "delete topic {name:?}"),
             MetaCommand::ReportLeaders { reports } => write!(f, "report {} leaders", reports.len()),
             MetaCommand::AllocateProducerId => write!(f, "allocate producer id"),
+            MetaCommand::MoveReplica { topic, partition, from, to } => {
+                write!(f, "move replica of {topic:?} partition {partition} from node {from} to node {to}")
+            }
         }
     }
 }

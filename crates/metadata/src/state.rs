@@ -28,6 +28,14 @@ pub struct TopicRecord {
     pub created_at_ms: i64,
     /// Replica set per partition; the first replica is the preferred leader.
     pub replicas: Vec<Vec<NodeId>>,
+    /// Replica set per partition at creation: the membership every original replica
+    /// bootstraps the group with (`Raft::initialize`). A node that joins later by a move
+    /// never initializes: a second first entry with another membership would diverge.
+    pub initial_replicas: Vec<Vec<NodeId>>,
+    /// Nodes moved out of each partition. They delete their copy once the group's committed
+    /// membership excludes them, and may never come back under the same id (openraft: a node
+    /// id must not rejoin a group with an empty log).
+    pub former_replicas: Vec<Vec<NodeId>>,
 }
 
 impl TopicRecord {
@@ -99,6 +107,12 @@ impl MetadataState {
                 self.last_producer_id = self.last_producer_id.checked_add(1).expect("producer ids never run out");
                 return MetaReply::ProducerIdAllocated { producer_id: self.last_producer_id };
             }
+            MetaCommand::MoveReplica { topic, partition, from, to } => {
+                match self.move_replica(&topic, partition, from, to) {
+                    Ok(()) => MetaResponse::Done,
+                    Err(err) => MetaResponse::Rejected(err),
+                }
+            }
         };
         MetaReply::Catalogue(response)
     }
@@ -142,9 +156,69 @@ impl MetadataState {
         self.next_topic_id += 1;
         let id = TopicId(self.next_topic_id);
         let replicas = place_replicas(&nodes, &load, partitions, replication_factor, id.0);
-        let topic = TopicRecord { id, name: name.clone(), partitions, replication_factor, created_at_ms, replicas };
+        let topic = TopicRecord {
+            id,
+            name: name.clone(),
+            partitions,
+            replication_factor,
+            created_at_ms,
+            initial_replicas: replicas.clone(),
+            former_replicas: vec![Vec::new(); replicas.len()],
+            replicas,
+        };
         self.topics.insert(name, topic.clone());
         Ok(topic)
+    }
+
+    /// Checks a replica move without applying it (apply checks again).
+    pub fn check_move_replica(&self, topic: &str, partition: u32, from: NodeId, to: NodeId) -> Result<(), MetaError> {
+        let record = self.topics.get(topic).ok_or_else(|| MetaError::UnknownTopic { name: topic.to_string() })?;
+        let Some(replicas) = record.replicas.get(partition as usize) else {
+            return Err(MetaError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions: record.partitions,
+            });
+        };
+        if !replicas.contains(&from) {
+            return Err(MetaError::NotAReplica {
+                topic: topic.to_string(),
+                partition,
+                node: from,
+                replicas: replicas.clone(),
+            });
+        }
+        if !self.nodes.contains_key(&to) {
+            return Err(MetaError::UnknownNode { node: to, registered: self.nodes.keys().copied().collect() });
+        }
+        if replicas.contains(&to) {
+            return Err(MetaError::AlreadyAReplica {
+                topic: topic.to_string(),
+                partition,
+                node: to,
+                replicas: replicas.clone(),
+            });
+        }
+        if record.former_replicas.get(partition as usize).is_some_and(|former| former.contains(&to)) {
+            return Err(MetaError::FormerReplica { topic: topic.to_string(), partition, node: to });
+        }
+        Ok(())
+    }
+
+    fn move_replica(&mut self, topic: &str, partition: u32, from: NodeId, to: NodeId) -> Result<(), MetaError> {
+        self.check_move_replica(topic, partition, from, to)?;
+        let record = self.topics.get_mut(topic).expect("checked above");
+        let p = partition as usize;
+        for slot in record.replicas[p].iter_mut() {
+            if *slot == from {
+                *slot = to;
+            }
+        }
+        if record.former_replicas.len() <= p {
+            record.former_replicas.resize(record.replicas.len(), Vec::new());
+        }
+        record.former_replicas[p].push(from);
+        Ok(())
     }
 
     fn group_exists(&self, group: GroupId) -> bool {
@@ -258,5 +332,76 @@ mod tests {
         // Hints for groups that do not exist are ignored.
         state.apply(MetaCommand::ReportLeaders { reports: vec![(GroupId(999_999), 1, 1)] });
         assert!(!state.leaders.contains_key(&GroupId(999_999)));
+    }
+
+    fn four_nodes_with_topic() -> (MetadataState, TopicRecord) {
+        let mut state = three_nodes();
+        let MetaReply::Catalogue(MetaResponse::TopicCreated(topic)) = state.apply(MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 2,
+            replication_factor: 3,
+            created_at_ms: 0,
+        }) else {
+            panic!("created")
+        };
+        state.apply(MetaCommand::RegisterNode {
+            id: 4,
+            peer_address: "127.0.0.1:7204".into(),
+            client_address: "127.0.0.1:7104".into(),
+        });
+        (state, topic)
+    }
+
+    fn move_replica(topic: &str, partition: u32, from: NodeId, to: NodeId) -> MetaCommand {
+        MetaCommand::MoveReplica { topic: topic.into(), partition, from, to }
+    }
+
+    #[test]
+    fn a_move_replaces_the_replica_in_place_and_keeps_the_initial_set() {
+        let (mut state, topic) = four_nodes_with_topic();
+        let before = topic.replicas[1].clone();
+        let from = before[0];
+        assert_eq!(state.apply(move_replica("t", 1, from, 4)), MetaResponse::Done.into());
+        let after = &state.topics["t"];
+        let expected: Vec<NodeId> = before.iter().map(|n| if *n == from { 4 } else { *n }).collect();
+        assert_eq!(after.replicas[1], expected, "the moved slot keeps its position (preferred leader)");
+        assert_eq!(after.replicas[0], topic.replicas[0], "other partitions are untouched");
+        assert_eq!(after.initial_replicas, topic.replicas, "the bootstrap membership never changes");
+        assert_eq!(after.former_replicas[1], vec![from]);
+        // The catalogue survives a snapshot with the new fields.
+        let restored: MetadataState =
+            flotilla_raft::decode(&flotilla_raft::encode(&state)).expect("snapshot round trip");
+        assert_eq!(restored, state);
+    }
+
+    #[test]
+    fn a_move_is_validated_at_apply_with_messages_naming_the_values() {
+        let (mut state, topic) = four_nodes_with_topic();
+        let replicas = topic.replicas[0].clone();
+        let rejected = |state: &mut MetadataState, command| match state.apply(command) {
+            MetaReply::Catalogue(MetaResponse::Rejected(err)) => err,
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        let err = rejected(&mut state, move_replica("nope", 0, 1, 4));
+        assert_eq!(err, MetaError::UnknownTopic { name: "nope".into() });
+        let err = rejected(&mut state, move_replica("t", 2, 1, 4));
+        assert_eq!(err, MetaError::UnknownPartition { topic: "t".into(), partition: 2, partitions: 2 });
+        assert!(err.to_string().contains("no partition 2"), "{err}");
+        let err = rejected(&mut state, move_replica("t", 0, 4, 1));
+        assert_eq!(
+            err,
+            MetaError::NotAReplica { topic: "t".into(), partition: 0, node: 4, replicas: replicas.clone() }
+        );
+        assert!(err.to_string().contains("node 4 is not a replica"), "{err}");
+        let err = rejected(&mut state, move_replica("t", 0, replicas[0], 9));
+        assert_eq!(err, MetaError::UnknownNode { node: 9, registered: vec![1, 2, 3, 4] });
+        assert!(err.to_string().contains("node 9 is not a registered node"), "{err}");
+        let err = rejected(&mut state, move_replica("t", 0, replicas[0], replicas[1]));
+        assert!(matches!(err, MetaError::AlreadyAReplica { node, .. } if node == replicas[1]), "{err}");
+        assert_eq!(state.topics["t"].replicas, topic.replicas, "rejected moves change nothing");
+        // Moved out, a node can never come back (its copy is deleted; ids are not reused).
+        assert_eq!(state.apply(move_replica("t", 0, replicas[0], 4)), MetaResponse::Done.into());
+        let err = rejected(&mut state, move_replica("t", 0, 4, replicas[0]));
+        assert_eq!(err, MetaError::FormerReplica { topic: "t".into(), partition: 0, node: replicas[0] });
     }
 }

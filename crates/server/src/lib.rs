@@ -7,6 +7,7 @@ mod api;
 mod config;
 mod error;
 mod http;
+mod membership;
 mod meta;
 mod node;
 mod partitions;

@@ -307,7 +307,7 @@ pub async fn run(
 
     let meta = Arc::new(Meta::new(node_id, meta_raft.clone(), Arc::clone(&transport), catalogue));
     let (partitions, reports) = Partitions::new(launcher, config.raft.clone());
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(reconcile_partitions(Arc::clone(&meta), Arc::clone(&partitions))),
         tokio::spawn(run_leader_reporter(Arc::clone(&meta), reports)),
         tokio::spawn(register_node(
@@ -329,6 +329,7 @@ pub async fn run(
         round_robin: AtomicU32::new(0),
         produce_duplicates: AtomicU64::new(0),
     });
+    tasks.push(tokio::spawn(crate::membership::run_membership(Arc::clone(&state))));
     if let Some(on_metrics) = on_metrics {
         let metrics_state = Arc::clone(&state);
         on_metrics(Arc::new(move || render_metrics(&metrics_state)));

@@ -1,7 +1,7 @@
 //! `Partitions`: the partition replicas this node hosts, kept in line with the catalogue's
 //! placement, and the reporter that tells the metadata group which replicas lead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use flotilla_broker::{PartitionConfig, PartitionReader, PartitionStateMachine, P
 use flotilla_metadata::{MetaCommand, MetadataState};
 use flotilla_raft::openraft::{Raft, ServerState};
 use flotilla_raft::{GroupLauncher, NodeInfo, PurgeMode, RaftConfig, StateMachineStore};
-use flotilla_storage::{Space, WriteBatch, group_prefix_range};
+use flotilla_storage::{Direction, Space, WriteBatch, group_prefix_range};
 use flotilla_types::{GroupId, NodeId};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
@@ -44,6 +44,20 @@ impl Replica {
         Some((leader, info))
     }
 
+    /// The group's membership as this replica sees it: voters, learners, and whether it is
+    /// settled (uniform, not joint, and applied, hence committed).
+    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>, bool) {
+        use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let settled = membership.get_joint_config().len() == 1
+            && metrics.membership_config.log_id().as_ref() <= metrics.last_applied.as_ref();
+        (voters, learners, settled)
+    }
+
     /// Whether this replica is the leader right now (by its own metrics).
     pub fn is_leader(&self, node_id: NodeId) -> bool {
         use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
@@ -58,6 +72,8 @@ pub struct Partitions {
     launcher: Arc<GroupLauncher>,
     raft_config: RaftConfig,
     replicas: RwLock<HashMap<GroupId, Arc<Replica>>>,
+    /// Groups this process retired after a move: never started again.
+    retired: parking_lot::Mutex<BTreeSet<GroupId>>,
     reports: mpsc::Sender<(GroupId, NodeId, u64)>,
 }
 
@@ -68,7 +84,13 @@ impl Partitions {
         raft_config: RaftConfig,
     ) -> (Arc<Partitions>, mpsc::Receiver<(GroupId, NodeId, u64)>) {
         let (reports, rx) = mpsc::channel(REPORT_QUEUE);
-        let partitions = Arc::new(Partitions { launcher, raft_config, replicas: RwLock::new(HashMap::new()), reports });
+        let partitions = Arc::new(Partitions {
+            launcher,
+            raft_config,
+            replicas: RwLock::new(HashMap::new()),
+            retired: parking_lot::Mutex::new(BTreeSet::new()),
+            reports,
+        });
         (partitions, rx)
     }
 
@@ -85,39 +107,55 @@ impl Partitions {
     }
 
     /// Starts replicas the catalogue places here and stops those of deleted topics.
+    ///
+    /// A replica this node was moved out of keeps running (and is started again after a
+    /// restart, if its copy is still on disk) until the group's committed membership no
+    /// longer has this node ([`crate::membership`] then calls [`Partitions::retire`]): until
+    /// then it may still be a voter the group needs for a quorum.
     pub async fn reconcile(&self, catalogue: &MetadataState) {
-        let mut wanted: BTreeMap<GroupId, BTreeMap<NodeId, NodeInfo>> = BTreeMap::new();
-        for (group, _, _, replicas) in catalogue.partition_groups() {
-            if !replicas.contains(&self.launcher.node_id()) {
+        let me = self.launcher.node_id();
+        let node_info = |id: &NodeId| {
+            catalogue
+                .nodes
+                .get(id)
+                .map(|n| NodeInfo { peer_address: n.peer_address.clone(), client_address: n.client_address.clone() })
+                .unwrap_or_default()
+        };
+        let mut wanted: BTreeMap<GroupId, Option<BTreeMap<NodeId, NodeInfo>>> = BTreeMap::new();
+        let mut leaving: BTreeSet<GroupId> = BTreeSet::new();
+        for (group, topic, partition, replicas) in catalogue.partition_groups() {
+            let p = partition as usize;
+            let initial = topic.initial_replicas.get(p).map_or(replicas, Vec::as_slice);
+            if !replicas.contains(&me) {
+                if topic.former_replicas.get(p).is_some_and(|former| former.contains(&me)) {
+                    leaving.insert(group);
+                }
                 continue;
             }
-            let members = replicas
-                .iter()
-                .map(|id| {
-                    let info = catalogue
-                        .nodes
-                        .get(id)
-                        .map(|n| NodeInfo {
-                            peer_address: n.peer_address.clone(),
-                            client_address: n.client_address.clone(),
-                        })
-                        .unwrap_or_default();
-                    (*id, info)
-                })
-                .collect();
-            wanted.insert(group, members);
+            // Only the original replicas bootstrap the group, all with the same membership.
+            // A node that joined by a move starts empty and waits for the leader to add it.
+            let bootstrap = initial.contains(&me).then(|| initial.iter().map(|id| (*id, node_info(id))).collect());
+            wanted.insert(group, bootstrap);
         }
         let existing: Vec<GroupId> = self.replicas.read().keys().copied().collect();
         for group in existing {
-            if !wanted.contains_key(&group) {
-                self.remove(group).await;
+            if !wanted.contains_key(&group) && !leaving.contains(&group) {
+                self.remove(group, "removed with its topic").await;
             }
         }
-        for (group, members) in wanted {
-            if self.get(group).is_some() {
+        for group in leaving {
+            // After a restart: a copy still on disk keeps serving until it is confirmed
+            // removed; without one there is nothing to serve (and an empty replica must not
+            // vote).
+            if self.get(group).is_none() && !self.retired.lock().contains(&group) && self.has_local_copy(group) {
+                wanted.insert(group, None);
+            }
+        }
+        for (group, bootstrap) in wanted {
+            if self.get(group).is_some() || self.retired.lock().contains(&group) {
                 continue;
             }
-            match self.start(group, members).await {
+            match self.start(group, bootstrap).await {
                 Ok(replica) => {
                     self.replicas.write().insert(group, replica);
                 }
@@ -126,7 +164,22 @@ impl Partitions {
         }
     }
 
-    async fn start(&self, group: GroupId, members: BTreeMap<NodeId, NodeInfo>) -> Result<Arc<Replica>, NodeError> {
+    /// Whether the engine holds Raft state of `group` (a vote or log entries).
+    fn has_local_copy(&self, group: GroupId) -> bool {
+        let range = group_prefix_range(group.0, b"");
+        [Space::RaftState, Space::RaftLog].into_iter().any(|space| {
+            self.launcher
+                .engine()
+                .scan(space, range.start.as_slice()..range.end.as_slice(), Direction::Forward, 1)
+                .is_ok_and(|found| !found.is_empty())
+        })
+    }
+
+    async fn start(
+        &self,
+        group: GroupId,
+        bootstrap: Option<BTreeMap<NodeId, NodeInfo>>,
+    ) -> Result<Arc<Replica>, NodeError> {
         let storage = |err: std::io::Error| flotilla_raft::RaftGlueError::Start { group, message: err.to_string() };
         let engine = Arc::clone(self.launcher.engine());
         let (state_machine, watermarks) = PartitionStateMachine::open(group, Arc::clone(&engine)).map_err(storage)?;
@@ -134,10 +187,11 @@ impl Partitions {
         let config = self.raft_config.partition(group)?;
         let raft = self.launcher.launch(group, app, PurgeMode::KeepEntries, config).await?;
         let node_id = self.launcher.node_id();
-        // Every replica bootstraps the group with the same membership: the identical first
-        // entry on each is what makes that safe, and it means no single replica has to be
-        // up for the partition to come to life.
-        if !raft.is_initialized().await.unwrap_or(true)
+        // Every original replica bootstraps the group with the same membership: the identical
+        // first entry on each is what makes that safe, and it means no single replica has to
+        // be up for the partition to come to life.
+        if let Some(members) = bootstrap
+            && !raft.is_initialized().await.unwrap_or(true)
             && let Err(err) = raft.initialize(members).await
         {
             tracing::debug!(%group, error = %err, "partition already initialized");
@@ -147,13 +201,22 @@ impl Partitions {
         Ok(Arc::new(Replica { group, raft, reader: PartitionReader::new(group, engine), watermarks }))
     }
 
-    async fn remove(&self, group: GroupId) {
+    /// Stops the local replica of `group`, which the group's committed membership no longer
+    /// has (the node was moved out of the partition), and deletes its copy: the move was an
+    /// explicit admin command and the node can never rejoin the group under its id, so the
+    /// copy would only take space. The group is not started again in this process.
+    pub async fn retire(&self, group: GroupId) {
+        self.retired.lock().insert(group);
+        self.remove(group, "moved away: the group's committed membership no longer has this node").await;
+    }
+
+    async fn remove(&self, group: GroupId, why: &str) {
         let Some(replica) = self.replicas.write().remove(&group) else { return };
         self.launcher.registry().remove(group);
         if let Err(err) = replica.raft.shutdown().await {
             tracing::warn!(%group, error = %err, "stopping partition replica");
         }
-        // Only an explicit topic delete gets here: the data goes with the topic.
+        // Only an explicit topic delete or a completed move gets here: the copy goes.
         let mut batch = WriteBatch::new();
         for space in [Space::RaftLog, Space::RaftState, Space::StateMachine] {
             let range = group_prefix_range(group.0, b"");
@@ -162,7 +225,7 @@ impl Partitions {
         if let Err(err) = self.launcher.engine().write(batch) {
             tracing::error!(%group, error = %err, "deleting partition data");
         }
-        tracing::info!(%group, "partition replica removed with its topic");
+        tracing::info!(%group, "partition replica removed ({why})");
     }
 
     /// Stops every replica (graceful shutdown).

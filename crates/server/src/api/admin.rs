@@ -10,7 +10,7 @@ use flotilla_proto::v1::cluster_service_client::ClusterServiceClient;
 use flotilla_proto::v1::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest,
     DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, LocalReplica, LocalReplicasRequest,
-    PartitionDescription, ReplicaState, Topic,
+    MoveReplicaRequest, MoveReplicaResponse, PartitionDescription, ReplicaState, Topic,
 };
 use flotilla_types::{ErrorCode, NodeId, validate_topic_name};
 use tokio::time::Instant;
@@ -54,6 +54,11 @@ fn meta_error(err: MetaError) -> ApiError {
         MetaError::ReplicationFactorTooLarge { .. } => ErrorCode::ReplicationFactorTooLarge,
         MetaError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
         MetaError::InvalidPartitionCount { .. } => ErrorCode::InvalidPartitionCount,
+        MetaError::UnknownPartition { .. } => ErrorCode::PartitionOutOfRange,
+        MetaError::NotAReplica { .. }
+        | MetaError::UnknownNode { .. }
+        | MetaError::AlreadyAReplica { .. }
+        | MetaError::FormerReplica { .. } => ErrorCode::InvalidRequest,
     };
     ApiError::new(code, err.to_string())
 }
@@ -122,6 +127,33 @@ impl AdminService for AdminApi {
             MetaResponse::Rejected(err) => Err(meta_error(err).into()),
             _ => Ok(Response::new(DeleteTopicResponse {})),
         }
+    }
+
+    async fn move_replica(
+        &self,
+        request: Request<MoveReplicaRequest>,
+    ) -> Result<Response<MoveReplicaResponse>, Status> {
+        let request = request.into_inner();
+        let state = &self.state;
+        let (topic, partition, from, to) = (request.topic, request.partition, request.from_node, request.to_node);
+        state.meta.catalogue().check_move_replica(&topic, partition, from, to).map_err(meta_error)?;
+        let command = MetaCommand::MoveReplica { topic: topic.clone(), partition, from, to };
+        if let MetaResponse::Rejected(err) = state.meta.propose(command, METADATA_TIMEOUT).await? {
+            return Err(meta_error(err).into());
+        }
+        // Answer once this node's catalogue has the move, so a describe sent here next shows it.
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        let moved = |catalogue: &flotilla_metadata::MetadataState| {
+            catalogue
+                .topics
+                .get(&topic)
+                .and_then(|t| t.replicas.get(partition as usize))
+                .is_some_and(|r| r.contains(&to))
+        };
+        while !moved(&state.meta.catalogue()) && Instant::now() < deadline {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        Ok(Response::new(MoveReplicaResponse {}))
     }
 
     async fn list_topics(&self, _request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {

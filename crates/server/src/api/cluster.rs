@@ -47,7 +47,12 @@ pub fn local_replicas(state: &NodeState, groups: &[u64]) -> Vec<LocalReplica> {
             let metrics = replica.raft.metrics();
             let metrics = metrics.borrow_watched();
             let marks = *replica.watermarks.borrow();
+            let membership = metrics.membership_config.membership();
+            let membership_settled = membership.get_joint_config().len() == 1
+                && metrics.membership_config.log_id().as_ref() <= metrics.last_applied.as_ref();
             LocalReplica {
+                members: membership.nodes().map(|(id, _)| *id).collect(),
+                membership_settled,
                 group_id: replica.group.0,
                 is_leader: metrics.state == ServerState::Leader,
                 term: metrics.current_term,
