@@ -8,5 +8,6 @@ mod bad_input;
 mod cluster_formation;
 mod failover;
 mod forwarding;
+mod move_replica;
 mod produce_consume;
 mod wiped_disk;

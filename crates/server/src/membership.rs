@@ -63,13 +63,14 @@ pub async fn run_membership(state: Arc<NodeState>) {
         for replica in state.partitions.all() {
             let Some(target) = replica_set(&catalogue, replica.group) else { continue };
             let me = state.node_id;
-            let task = if target.contains(&me) {
-                if !replica.is_leader(me) || !differs(&replica, &target) {
-                    continue;
-                }
+            // The leader drives, even its own removal; a replica moved out that does not lead
+            // waits for the committed membership to drop it.
+            let task = if replica.is_leader(me) && differs(&replica, &target) {
                 Task::Drive
-            } else {
+            } else if !target.contains(&me) {
                 Task::Retire
+            } else {
+                continue;
             };
             if !in_flight.lock().insert(replica.group) {
                 continue;
