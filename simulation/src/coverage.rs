@@ -32,6 +32,15 @@ pub const EXPECTED_POINTS: &[(&str, &str)] = &[
     ("client_abandoned_request", "a client gave up mid-request and retried"),
     ("idempotent_duplicate_answered", "a resent idempotent batch was answered with its first offsets (node code)"),
     ("slow_fsync", "fsync was slow on some node"),
+    ("partition_membership_changed", "a partition leader changed its group's voters after a replica move (node code)"),
+    (
+        "partition_replica_retired",
+        "a replica moved out deleted its copy once the committed membership dropped it (node code)",
+    ),
+    (
+        "membership_change_during_fault",
+        "a replica move was under way while the partition's leader crashed or a node was cut off",
+    ),
 ];
 
 /// Points counted in this process.

@@ -48,11 +48,15 @@ pub enum FaultKind {
     PowerLoss,
     /// Slow fsync on some nodes.
     SlowFsync,
+    /// Move a partition's replica (sometimes the leader's) to a node outside its replica set
+    /// (five-node clusters), sometimes crashing the partition's leader or isolating a node
+    /// mid-move.
+    MoveReplica,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::IsolateNode,
         FaultKind::IsolateLeader,
         FaultKind::MajoritySplit,
@@ -68,6 +72,7 @@ impl FaultKind {
         FaultKind::CrashMinority,
         FaultKind::PowerLoss,
         FaultKind::SlowFsync,
+        FaultKind::MoveReplica,
     ];
 
     /// The kebab-case name used in flags and reports.
@@ -88,6 +93,7 @@ impl FaultKind {
             FaultKind::CrashMinority => "crash-minority",
             FaultKind::PowerLoss => "power-loss",
             FaultKind::SlowFsync => "slow-fsync",
+            FaultKind::MoveReplica => "move-replica",
         }
     }
 }

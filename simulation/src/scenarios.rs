@@ -37,11 +37,15 @@ pub enum Scenario {
     /// from it, then the leader is killed) mid-produce, and retry against the new leader.
     /// No record may appear twice.
     IdempotentRetryAfterLeaderChange,
+    /// NATS #7545: on five nodes, a replica move (the leader's own replica), a network
+    /// partition and a kill of the partition's leader in quick succession, twice; nothing
+    /// acknowledged is lost and the new replica set converges.
+    MembershipPartitionKill,
 }
 
 impl Scenario {
     /// Every scenario, for `--list` and the tests.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::PowerLossAfterAcks,
         Scenario::PauseThenCrash,
         Scenario::CrashAfterCreate,
@@ -49,12 +53,13 @@ impl Scenario {
         Scenario::TornTail,
         Scenario::WipedDisk,
         Scenario::IdempotentRetryAfterLeaderChange,
+        Scenario::MembershipPartitionKill,
     ];
 
     /// Nodes the scenario needs.
     pub fn nodes(self) -> u64 {
         match self {
-            Scenario::PauseThenCrash => 5,
+            Scenario::PauseThenCrash | Scenario::MembershipPartitionKill => 5,
             _ => 3,
         }
     }
@@ -142,6 +147,20 @@ pub async fn script(scenario: Scenario, faults: &mut Faults) {
                 faults.inject(FaultKind::CrashLeader, secs(1.5)).await;
             }
             tokio::time::sleep(secs(3.0)).await;
+        }
+        Scenario::MembershipPartitionKill => {
+            for _ in 0..2 {
+                tokio::time::sleep(secs(3.0)).await;
+                if faults.move_replica(true, false, secs(0.1)).await {
+                    crate::coverage::hit("membership_change_during_fault");
+                }
+                let node = faults.find(Role::Any).await;
+                faults.isolate(node);
+                faults.hold_for(secs(2.0)).await;
+                let leader = faults.find(Role::PartitionLeader).await;
+                faults.crash_and_restart(&[leader], secs(1.5)).await;
+            }
+            tokio::time::sleep(secs(4.0)).await;
         }
         Scenario::WipedDisk => {
             tokio::time::sleep(secs(3.0)).await;

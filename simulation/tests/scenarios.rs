@@ -57,3 +57,21 @@ fn a_wiped_node_refuses_to_rejoin_under_its_id_tigerbeetle() {
 fn idempotent_retries_after_a_leader_change_never_duplicate_redpanda_3039() {
     scenario_passes("idempotent-retry-after-leader-change");
 }
+
+#[test]
+fn a_replica_move_then_a_partition_and_a_kill_loses_nothing_nats_7545() {
+    let run = simulate(&["--scenario", "membership-partition-kill", "--seed", "1"]);
+    assert_eq!(run.code, Some(0), "{}", run.explain());
+    let coverage = run.stdout.lines().find(|line| line.starts_with("coverage: ")).unwrap_or_default();
+    assert!(
+        coverage.split(' ').any(|point| point
+            .strip_prefix("partition_membership_changed=")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)),
+        "no partition membership changed: {coverage:?}\n{}",
+        run.explain()
+    );
+    let verdict = run.stdout.lines().find(|line| line.contains(" acknowledged, ")).unwrap_or_default();
+    let acknowledged: u64 = verdict.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(acknowledged > 100, "only {acknowledged} acknowledged:\n{}", run.explain());
+}

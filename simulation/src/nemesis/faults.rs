@@ -2,7 +2,7 @@
 //! settings, and the in-memory disks' fault switches. Every primitive notes what it did in
 //! the trace and counts itself, and `heal_everything` undoes whatever is still in force.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct Faults {
     cut: BTreeSet<(String, String)>,
     crashed: BTreeSet<NodeId>,
     paused: BTreeSet<NodeId>,
+    /// Nodes moved out of each partition: they may never become its replicas again.
+    moved_out: BTreeMap<(String, u32), Vec<NodeId>>,
 }
 
 impl Faults {
@@ -66,6 +68,7 @@ impl Faults {
             cut: BTreeSet::new(),
             crashed: BTreeSet::new(),
             paused: BTreeSet::new(),
+            moved_out: BTreeMap::new(),
         }
     }
 
@@ -218,7 +221,76 @@ impl Faults {
                 tokio::time::sleep(span).await;
                 self.set_sync_latency(&nodes, Duration::ZERO);
             }
+            FaultKind::MoveReplica => {
+                let with_fault = self.rng.random_bool(0.5);
+                self.move_replica(false, with_fault, span).await;
+            }
         }
+    }
+
+    /// Moves the replica of a random partition on one node (the leader's, always with
+    /// `leader_first`, else half the time) to a
+    /// node outside its replica set, if the cluster has one; with `with_fault`, crashes the
+    /// partition's leader or isolates a random node right after the move, for `span`.
+    /// Returns whether a move was made.
+    pub async fn move_replica(&mut self, leader_first: bool, with_fault: bool, span: Duration) -> bool {
+        let (topic, partition) = self.partitions[self.rng.random_range(0..self.partitions.len())].clone();
+        let Ok(metadata) = self.observer.metadata(vec![topic.clone()]).await else {
+            self.note(format!("no metadata for {topic}: no replica move"));
+            tokio::time::sleep(span).await;
+            return false;
+        };
+        let Some(layout) = metadata.topics.iter().flat_map(|t| &t.partitions).find(|p| p.partition == partition) else {
+            tokio::time::sleep(span).await;
+            return false;
+        };
+        let (replicas, leader) = (layout.replicas.clone(), layout.leader_id);
+        // A node that never held this partition: a node moved out can never return.
+        let former = self.moved_out.get(&(topic.clone(), partition)).cloned().unwrap_or_default();
+        let outside: Vec<NodeId> =
+            self.nodes.iter().copied().filter(|n| !replicas.contains(n) && !former.contains(n)).collect();
+        if outside.is_empty() {
+            self.note(format!(
+                "{topic}/{partition}: no node outside its replicas {replicas:?} (and never one of them): no move"
+            ));
+            tokio::time::sleep(span).await;
+            return false;
+        }
+        let to = outside[self.rng.random_range(0..outside.len())];
+        let from = if replicas.contains(&leader) && (leader_first || self.rng.random_bool(0.5)) {
+            leader
+        } else {
+            replicas[self.rng.random_range(0..replicas.len())]
+        };
+        match self.observer.move_replica(&topic, partition, from, to).await {
+            Ok(()) => {
+                self.note(format!("move {topic}/{partition} from n{from} to n{to} (leader n{leader})"));
+                self.moved_out.entry((topic.clone(), partition)).or_default().push(from);
+            }
+            Err(err) => {
+                // An ambiguous failure may still have moved it: remember `from` as gone anyway.
+                self.note(format!("move {topic}/{partition} from n{from} to n{to} failed: {err}"));
+                self.moved_out.entry((topic.clone(), partition)).or_default().push(from);
+                tokio::time::sleep(span).await;
+                return false;
+            }
+        }
+        if with_fault {
+            coverage::hit("membership_change_during_fault");
+            tokio::time::sleep(Duration::from_millis(self.rng.random_range(0..=500))).await;
+            if self.rng.random_bool(0.5) {
+                let node =
+                    if self.crashed.contains(&leader) || leader == 0 { self.find(Role::Any).await } else { leader };
+                self.crash_and_restart(&[node], span).await;
+            } else {
+                let node = self.find(Role::Any).await;
+                self.isolate(node);
+                self.hold_for(span).await;
+            }
+        } else {
+            tokio::time::sleep(span).await;
+        }
+        true
     }
 
     /// The node playing `role` now, or a node picked by the seed if the cluster cannot say.
@@ -272,7 +344,7 @@ impl Faults {
     }
 
     /// Keeps the current network faults for `span`, then repairs them.
-    async fn hold_for(&mut self, span: Duration) {
+    pub async fn hold_for(&mut self, span: Duration) {
         tokio::time::sleep(span).await;
         self.heal_network();
     }
