@@ -43,7 +43,7 @@ use crate::cluster::{CLIENT_HOST, Cluster, NEMESIS_HOST};
 use crate::nemesis::faults::NORMAL_MAX_LATENCY;
 use crate::options::{Bug, SimOptions};
 use crate::shared::{DriverAction, Shared};
-use crate::workload::{Environment, WorkloadPlan};
+use crate::workload::Environment;
 
 /// Simulated time allowed beyond the safety phase for startup, healing, the healed phase
 /// and the final drain; a run still going after that is a liveness failure.
@@ -156,17 +156,7 @@ pub fn run(options: SimOptions) -> anyhow::Result<Outcome> {
         connector: cluster::connector(),
         request_timeout: Duration::from_secs(3),
     };
-    let plan = WorkloadPlan {
-        seed,
-        topics: options.topics.clone(),
-        replication_factor: options.replication_factor,
-        producers: options.producers,
-        idempotent_producers: options.idempotent_producers,
-        consumers: options.consumers,
-        batch_records: options.batch_records,
-        produce_pause: options.produce_pause,
-        abandon_chance: options.abandon_chance,
-    };
+    let plan = options.workload.clone();
     {
         let (shared, env) = (Arc::clone(&shared), env.clone());
         sim.client(CLIENT_HOST, async move { workload::run(plan, env, shared).await.map_err(Into::into) });

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::scenarios::Scenario;
+use crate::workload::WorkloadPlan;
 
 /// One family of faults the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -111,22 +112,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// Nodes in the cluster, all metadata voters: 3 or 5.
     pub nodes: u64,
-    pub topics: Vec<TopicSpec>,
-    /// Replicas per partition.
-    pub replication_factor: u32,
-    /// Concurrent producer sessions, each sending one batch at a time.
-    pub producers: u32,
-    /// How many of them are idempotent (the first ones): their records must never repeat.
-    pub idempotent_producers: u32,
-    /// Tailing consumers; the partitions are split between them.
-    pub consumers: u32,
-    /// Records per produce call.
-    pub batch_records: u64,
-    /// Pause between two produce calls of one producer.
-    #[serde(serialize_with = "millis")]
-    pub produce_pause: Duration,
-    /// Chance that a producer abandons a request mid-flight (a client crash) and retries it.
-    pub abandon_chance: f64,
+    /// Topics, producers and consumers: what the clients do.
+    pub workload: WorkloadPlan,
     /// Simulated time of the safety phase, during which faults rotate.
     #[serde(serialize_with = "millis")]
     pub safety: Duration,
@@ -154,7 +141,8 @@ pub enum Bug {
     SyncLies,
 }
 
-fn millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+/// Serializes a duration as whole milliseconds.
+pub(crate) fn millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(duration.as_millis() as u64)
 }
 
@@ -181,18 +169,27 @@ impl SimOptions {
         }
         faults.sort();
         let fault_min = Duration::from_millis(rng.random_range(1_000..=4_000));
+        // Drawn in a fixed order: a seed must keep expanding to the same options.
         let producers = rng.random_range(1..=4);
+        let idempotent_producers = rng.random_range(0..=producers);
+        let consumers = rng.random_range(1..=3);
+        let batch_records = rng.random_range(1..=8);
+        let produce_pause = Duration::from_millis(rng.random_range(5..=150));
+        let abandon_chance = *[0.0, 0.01, 0.05].choose(&mut rng).expect("not empty");
         SimOptions {
             seed,
             nodes,
-            topics,
-            replication_factor: 3,
-            producers,
-            idempotent_producers: rng.random_range(0..=producers),
-            consumers: rng.random_range(1..=3),
-            batch_records: rng.random_range(1..=8),
-            produce_pause: Duration::from_millis(rng.random_range(5..=150)),
-            abandon_chance: *[0.0, 0.01, 0.05].choose(&mut rng).expect("not empty"),
+            workload: WorkloadPlan {
+                seed,
+                topics,
+                replication_factor: 3,
+                producers,
+                idempotent_producers,
+                consumers,
+                batch_records,
+                produce_pause,
+                abandon_chance,
+            },
             safety: Duration::from_secs(rng.random_range(30..=75)),
             fault_min,
             fault_max: fault_min + Duration::from_millis(rng.random_range(1_000..=8_000)),
@@ -213,35 +210,37 @@ impl SimOptions {
             ..SimOptions::from_seed(seed)
         };
         if scenario.idempotent_only() {
-            options.producers = options.producers.max(2);
-            options.idempotent_producers = options.producers;
-            options.abandon_chance = options.abandon_chance.max(0.05);
+            let workload = &mut options.workload;
+            workload.producers = workload.producers.max(2);
+            workload.idempotent_producers = workload.producers;
+            workload.abandon_chance = workload.abandon_chance.max(0.05);
         }
         options
     }
 
     /// Total partitions across topics.
     pub fn partition_count(&self) -> u32 {
-        self.topics.iter().map(|t| t.partitions).sum()
+        self.workload.topics.iter().map(|t| t.partitions).sum()
     }
 }
 
 impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let topics: Vec<String> = self.topics.iter().map(|t| format!("{}x{}", t.name, t.partitions)).collect();
+        let workload = &self.workload;
+        let topics: Vec<String> = workload.topics.iter().map(|t| format!("{}x{}", t.name, t.partitions)).collect();
         let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
         write!(
             f,
             "nodes={} topics=[{}] rf={} producers={} ({} idempotent) consumers={} batch={} pause={}ms abandon={} safety={}s faults={}-{}ms quiet={:.0}% mix=[{}]",
             self.nodes,
             topics.join(","),
-            self.replication_factor,
-            self.producers,
-            self.idempotent_producers,
-            self.consumers,
-            self.batch_records,
-            self.produce_pause.as_millis(),
-            self.abandon_chance,
+            workload.replication_factor,
+            workload.producers,
+            workload.idempotent_producers,
+            workload.consumers,
+            workload.batch_records,
+            workload.produce_pause.as_millis(),
+            workload.abandon_chance,
             self.safety.as_secs(),
             self.fault_min.as_millis(),
             self.fault_max.as_millis(),

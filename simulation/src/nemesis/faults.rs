@@ -60,7 +60,12 @@ impl Faults {
     ) -> Faults {
         Faults {
             nodes: (1..=options.nodes).collect(),
-            partitions: options.topics.iter().flat_map(|t| (0..t.partitions).map(|p| (t.name.clone(), p))).collect(),
+            partitions: options
+                .workload
+                .topics
+                .iter()
+                .flat_map(|t| (0..t.partitions).map(|p| (t.name.clone(), p)))
+                .collect(),
             observer,
             engines,
             shared,

@@ -23,17 +23,26 @@ use crate::options::TopicSpec;
 use crate::shared::Shared;
 
 /// What the workload does; the simulation derives it from the seed's options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkloadPlan {
+    /// Seeds the producers' choices of topics and keys.
     pub seed: u64,
     pub topics: Vec<TopicSpec>,
+    /// Replicas per partition.
     pub replication_factor: u32,
+    /// Concurrent producer sessions, each sending one batch at a time.
     pub producers: u32,
-    /// Producers `0..idempotent_producers` use idempotent sessions.
+    /// Producers `0..idempotent_producers` use idempotent sessions: their records must never
+    /// repeat.
     pub idempotent_producers: u32,
+    /// Tailing consumers; the partitions are split between them.
     pub consumers: u32,
+    /// Records per produce call.
     pub batch_records: u64,
+    /// Pause between two produce calls of one producer.
+    #[serde(serialize_with = "crate::options::millis")]
     pub produce_pause: Duration,
+    /// Chance that a producer abandons a request mid-flight (a client crash) and retries it.
     pub abandon_chance: f64,
 }
 
