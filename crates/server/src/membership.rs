@@ -60,8 +60,16 @@ pub async fn run_membership(state: Arc<NodeState>) {
     loop {
         tokio::time::sleep(ROUND).await;
         let catalogue = state.meta.catalogue();
-        for replica in state.partitions.all() {
-            let Some(target) = replica_set(&catalogue, replica.group) else { continue };
+        // Only a partition that was moved can have a membership that differs from its replica
+        // set (moving back is refused, so a moved one keeps a former replica); the others
+        // keep their bootstrap membership. One pass over the catalogue, then work only for
+        // moved partitions hosted here, so idle partitions cost nothing per round.
+        let moved = catalogue.partition_groups().filter(|(_, topic, partition, _)| {
+            topic.former_replicas.get(*partition as usize).is_some_and(|former| !former.is_empty())
+        });
+        for (group, _, _, replicas) in moved {
+            let Some(replica) = state.partitions.get(group) else { continue };
+            let target: BTreeSet<NodeId> = replicas.iter().copied().collect();
             let me = state.node_id;
             // The leader drives, even its own removal; a replica moved out that does not lead
             // waits for the committed membership to drop it.
@@ -91,13 +99,6 @@ pub async fn run_membership(state: Arc<NodeState>) {
 enum Task {
     Drive,
     Retire,
-}
-
-/// The catalogue's replica set of `group`, if the group exists.
-fn replica_set(catalogue: &MetadataState, group: GroupId) -> Option<BTreeSet<NodeId>> {
-    let (topic, partition) = group.partition()?;
-    let topic = catalogue.topic_by_id(topic)?;
-    Some(topic.replicas.get(partition as usize)?.iter().copied().collect())
 }
 
 /// Whether the group's membership (as this replica sees it) differs from `target`.
