@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flotilla/v1/fetch.proto",
         "flotilla/v1/admin.proto",
         "flotilla/v1/cluster.proto",
+        "flotilla/v1/group.proto",
         "raft/v1/raft.proto",
     ];
     for file in &files {

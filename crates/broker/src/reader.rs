@@ -133,6 +133,52 @@ impl PartitionReader {
         Ok(out)
     }
 
+    /// The first offset whose record timestamp is at or after `timestamp_ms`, or the high
+    /// watermark when no record is that recent (Kafka's ListOffsets by time). Walks the index,
+    /// which carries each batch's latest timestamp, and opens only the batch that holds it.
+    pub fn offset_for_time(&self, timestamp_ms: i64, watermarks: PartitionWatermarks) -> Result<u64, BrokerError> {
+        let high_watermark = watermarks.high_watermark;
+        let prefix = group_prefix_range(self.group.0, INDEX_PREFIX);
+        let mut cursor = index_key(self.group, watermarks.log_start);
+        // The batch holding log_start may begin below it.
+        let first = self
+            .engine
+            .scan(Space::StateMachine, &prefix.start[..]..&cursor[..], Direction::Reverse, 1)
+            .map_err(|e| self.storage(e.into()))?;
+        if let Some((key, _)) = first.into_iter().next() {
+            cursor = key;
+        }
+        loop {
+            let rows = self
+                .engine
+                .scan(Space::StateMachine, &cursor[..]..&prefix.end[..], Direction::Forward, INDEX_SCAN_CHUNK)
+                .map_err(|e| self.storage(e.into()))?;
+            let Some((last_key, _)) = rows.last().cloned() else { return Ok(high_watermark) };
+            for (key, value) in rows {
+                let base = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("index keys end in 8 bytes"));
+                if base >= high_watermark {
+                    return Ok(high_watermark);
+                }
+                let entry: IndexEntry = decode(&value).map_err(|e| self.storage(e))?;
+                if entry.max_timestamp_ms < timestamp_ms {
+                    continue;
+                }
+                let (records, batch_timestamp_ms) = self.batch_records(entry.log_index)?;
+                let found = records.iter().enumerate().find_map(|(i, record)| {
+                    let offset = base + i as u64;
+                    let stamp = if record.timestamp_ms == 0 { batch_timestamp_ms } else { record.timestamp_ms };
+                    (offset >= watermarks.log_start && offset < high_watermark && stamp >= timestamp_ms)
+                        .then_some(offset)
+                });
+                if let Some(offset) = found {
+                    return Ok(offset);
+                }
+            }
+            cursor = last_key;
+            cursor.push(0);
+        }
+    }
+
     fn batch_records(&self, log_index: u64) -> Result<(Vec<Record>, i64), BrokerError> {
         let key = group_key(self.group.0, &log_index.to_be_bytes());
         let bytes = self

@@ -32,6 +32,9 @@ const PRODUCER_PREFIX: &[u8] = b"p";
 pub(crate) struct IndexEntry {
     pub log_index: u64,
     pub count: u32,
+    /// The latest record timestamp in the batch (records without one carry the batch's), so
+    /// a search by time reads only the index until it finds the batch to open.
+    pub max_timestamp_ms: i64,
 }
 
 /// The offsets a partition holds: `[log_start, high_watermark)`.
@@ -108,9 +111,9 @@ impl PartitionStateMachine {
 
     /// Gives the `count` records of the log entry at `log_index` the next offsets and indexes
     /// the entry; returns the first offset.
-    fn append(&mut self, log_index: u64, count: u32, batch: &mut WriteBatch) -> u64 {
+    fn append(&mut self, log_index: u64, count: u32, max_timestamp_ms: i64, batch: &mut WriteBatch) -> u64 {
         let base_offset = self.watermarks.high_watermark;
-        let entry = IndexEntry { log_index, count };
+        let entry = IndexEntry { log_index, count, max_timestamp_ms };
         batch.put(Space::StateMachine, index_key(self.group, base_offset), encode(&entry));
         self.watermarks.high_watermark = base_offset + u64::from(count);
         batch.put(Space::StateMachine, group_key(self.group.0, STATE_KEY), encode(&self.watermarks));
@@ -125,13 +128,14 @@ impl PartitionStateMachine {
         &mut self,
         log_index: u64,
         count: u32,
+        max_timestamp_ms: i64,
         producer: &ProducerSequence,
         batch: &mut WriteBatch,
     ) -> PartitionResponse {
         let id = producer.producer_id;
         match self.producers.check(producer, count) {
             Verdict::Append => {
-                let base_offset = self.append(log_index, count, batch);
+                let base_offset = self.append(log_index, count, max_timestamp_ms, batch);
                 for evicted in self.producers.record_append(producer, count, base_offset, log_index) {
                     batch.delete(Space::StateMachine, producer_key(self.group, evicted));
                 }
@@ -171,18 +175,28 @@ impl GroupStateMachine<PartitionConfig> for PartitionStateMachine {
         command: PartitionCommand,
         batch: &mut WriteBatch,
     ) -> PartitionResponse {
-        let (records, producer) = match &command {
-            PartitionCommand::Append { records, .. } => (records, None),
-            PartitionCommand::AppendIdempotent { records, producer, .. } => (records, Some(producer)),
+        let (records, producer, batch_timestamp_ms) = match &command {
+            PartitionCommand::Append { records, timestamp_ms } => (records, None, *timestamp_ms),
+            PartitionCommand::AppendIdempotent { records, producer, timestamp_ms } => {
+                (records, Some(producer), *timestamp_ms)
+            }
         };
+        let max_timestamp_ms = records
+            .iter()
+            .map(|r| if r.timestamp_ms == 0 { batch_timestamp_ms } else { r.timestamp_ms })
+            .max()
+            .unwrap_or(batch_timestamp_ms);
         let count = u32::try_from(records.len()).expect("batch sizes are capped far below u32::MAX");
         if count == 0 {
             // Nodes refuse empty batches; an empty entry takes no offset and changes no table.
             return PartitionResponse::Appended { base_offset: self.watermarks.high_watermark, count: 0 };
         }
         match producer {
-            None => PartitionResponse::Appended { base_offset: self.append(log_id.index, count, batch), count },
-            Some(producer) => self.append_idempotent(log_id.index, count, producer, batch),
+            None => PartitionResponse::Appended {
+                base_offset: self.append(log_id.index, count, max_timestamp_ms, batch),
+                count,
+            },
+            Some(producer) => self.append_idempotent(log_id.index, count, max_timestamp_ms, producer, batch),
         }
     }
 
@@ -303,6 +317,27 @@ mod tests {
 
     fn values(batch: &crate::FetchedBatch) -> Vec<(u64, String)> {
         batch.records.iter().map(|(o, r)| (*o, String::from_utf8_lossy(&r.value).into_owned())).collect()
+    }
+
+    #[test]
+    fn offset_for_time_finds_the_first_record_at_or_after_the_time() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let (mut sm, _) = PartitionStateMachine::open(GROUP, Arc::clone(&engine)).expect("open");
+        // Batches stamped 1001, 1002 and 1004 (their log index + 1000).
+        append(&engine, &mut sm, 1, &["a", "b"]);
+        append(&engine, &mut sm, 2, &["c"]);
+        // One record with its own, earlier, timestamp inside a later batch.
+        let mut early = record("d");
+        early.timestamp_ms = 500;
+        let command = PartitionCommand::Append { records: vec![early, record("e")], timestamp_ms: 1_004 };
+        apply(&engine, &mut sm, 4, command);
+        let reader = PartitionReader::new(GROUP, Arc::clone(&engine));
+        let marks = sm.watermarks();
+        assert_eq!(reader.offset_for_time(0, marks).expect("search"), 0);
+        assert_eq!(reader.offset_for_time(1_001, marks).expect("search"), 0);
+        assert_eq!(reader.offset_for_time(1_002, marks).expect("search"), 2);
+        assert_eq!(reader.offset_for_time(1_003, marks).expect("search"), 4, "skips the early record at 3");
+        assert_eq!(reader.offset_for_time(9_999, marks).expect("search"), 5, "nothing that recent: the high watermark");
     }
 
     #[test]

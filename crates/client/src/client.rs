@@ -253,7 +253,7 @@ impl Client {
 
     /// Log start offset and high watermark of every partition of `topic`.
     pub async fn list_offsets(&self, topic: &str) -> Result<Vec<v1::PartitionOffsets>, ClientError> {
-        let message = v1::ListOffsetsRequest { topic: topic.to_string(), partitions: Vec::new() };
+        let message = v1::ListOffsetsRequest { topic: topic.to_string(), partitions: Vec::new(), timestamp_ms: None };
         let response = self
             .router
             .call("list offsets", Target::Any, Duration::ZERO, |channel, timeout| {

@@ -3,7 +3,7 @@
 use flotilla_types::{GroupId, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::TopicRecord;
+use crate::{GroupError, MemberView, TopicPartition, TopicRecord};
 
 /// A change to the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,41 @@ pub enum MetaCommand {
     /// at once; the partition's Raft leader then changes the group's membership to match
     /// (`server/src/membership.rs`).
     MoveReplica { topic: String, partition: u32, from: NodeId, to: NodeId },
+    /// A consumer joins `group` (created on first join), subscribed to `topics`.
+    JoinGroup {
+        group: String,
+        client_id: String,
+        topics: Vec<String>,
+        session_timeout_ms: u32,
+        rebalance_timeout_ms: u32,
+    },
+    /// A member leaves its group, or the coordinator evicts it.
+    LeaveGroup { group: String, member_id: u64, reason: LeaveReason },
+    /// A member reports the partitions it still consumes; revoked ones it dropped are
+    /// handed to their new owners.
+    ReleasePartitions { group: String, member_id: u64, still_owned: Vec<TopicPartition> },
+    /// A member commits positions (the next offset to process) of partitions it owns.
+    /// `committed_at_ms` is the proposing node's clock (apply reads no clock).
+    CommitOffsets {
+        group: String,
+        member_id: u64,
+        member_epoch: u64,
+        offsets: Vec<(TopicPartition, u64)>,
+        committed_at_ms: i64,
+    },
+    /// Sets an inactive group's positions, in any direction (`flo group reset`).
+    ResetOffsets { group: String, offsets: Vec<(TopicPartition, u64)>, at_ms: i64 },
+}
+
+/// Why a member left its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaveReason {
+    /// The member said goodbye.
+    Left,
+    /// The coordinator heard no heartbeat within the member's session timeout.
+    SessionExpired,
+    /// The member held a revoked partition longer than its rebalance timeout.
+    RevocationTimeout,
 }
 
 /// Why a command changed nothing.
@@ -73,6 +108,17 @@ pub enum MetaReply {
     Catalogue(MetaResponse),
     /// A producer id no one else has been or will be given; its epoch starts at 0.
     ProducerIdAllocated { producer_id: u64 },
+    /// The outcome of a consumer-group command.
+    Group(Result<GroupReply, GroupError>),
+}
+
+/// What a successful consumer-group command answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupReply {
+    /// The member's state after the command (join, release).
+    Member(MemberView),
+    /// Applied (leave, commit, reset).
+    Done,
 }
 
 impl Default for MetaReply {
@@ -99,6 +145,19 @@ impl std::fmt::Display for MetaCommand {
             MetaCommand::AllocateProducerId => write!(f, "allocate producer id"),
             MetaCommand::MoveReplica { topic, partition, from, to } => {
                 write!(f, "move replica of {topic:?} partition {partition} from node {from} to node {to}")
+            }
+            MetaCommand::JoinGroup { group, topics, .. } => write!(f, "join group {group:?} for topics {topics:?}"),
+            MetaCommand::LeaveGroup { group, member_id, reason } => {
+                write!(f, "remove member {member_id} from group {group:?} ({reason:?})")
+            }
+            MetaCommand::ReleasePartitions { group, member_id, .. } => {
+                write!(f, "member {member_id} of group {group:?} releases revoked partitions")
+            }
+            MetaCommand::CommitOffsets { group, member_id, offsets, .. } => {
+                write!(f, "member {member_id} of group {group:?} commits {} offsets", offsets.len())
+            }
+            MetaCommand::ResetOffsets { group, offsets, .. } => {
+                write!(f, "reset {} offsets of group {group:?}", offsets.len())
             }
         }
     }

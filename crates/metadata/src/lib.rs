@@ -1,15 +1,19 @@
 //! The metadata group: the cluster catalogue (nodes, topics, partition placement, leader
-//! hints, the producer-id counter) as a pure state machine, and placement as a pure function.
+//! hints, the producer-id counter, consumer groups and their committed offsets) as a pure state machine, and placement as a pure function.
 //!
 //! Architecture Invariant: `MetadataState::apply` is deterministic: it reads no clock, no
 //! randomness and no I/O, so every replica computes the same catalogue from the same log.
 
 mod command;
+mod groups;
 mod placement;
 mod state;
 mod state_machine;
 
-pub use command::{MetaCommand, MetaError, MetaReply, MetaResponse};
+pub use command::{GroupReply, LeaveReason, MetaCommand, MetaError, MetaReply, MetaResponse};
+pub use groups::{
+    CommittedOffset, ConsumerGroup, GROUP_MEMBERS_MAX, GroupError, GroupMember, MemberView, TopicPartition, assign,
+};
 pub use placement::place_replicas;
 pub use state::{LeaderHint, MetadataState, NodeRecord, TopicRecord};
 pub use state_machine::{MetaConfig, MetadataStateMachine};

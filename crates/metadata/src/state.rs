@@ -1,11 +1,12 @@
 //! `MetadataState`: the catalogue itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use flotilla_types::{GroupId, NodeId, PartitionId, TopicId};
 use serde::{Deserialize, Serialize};
 
-use crate::{MetaCommand, MetaError, MetaReply, MetaResponse, place_replicas};
+use crate::{ConsumerGroup, GroupError, GroupReply, MetaCommand, MetaError, MetaReply, MetaResponse, place_replicas};
 
 /// Partitions a topic may have at most (bounded by the group-id scheme and memory).
 pub const PARTITIONS_MAX: u32 = 10_000;
@@ -63,6 +64,9 @@ pub struct MetadataState {
     /// The last idempotent-producer id handed out (0: none yet). Ids start at 1 and are never
     /// reused, so a new session can never be mistaken for an old one by a partition.
     pub last_producer_id: u64,
+    /// Consumer groups by name. Each behind an `Arc` so the per-apply copy of the catalogue
+    /// that readers get shares the groups an apply batch did not touch.
+    pub groups: BTreeMap<String, Arc<ConsumerGroup>>,
 }
 
 impl MetadataState {
@@ -83,6 +87,13 @@ impl MetadataState {
                 Some(topic) => {
                     for partition in 0..topic.partitions {
                         self.leaders.remove(&topic.group(partition));
+                    }
+                    let partitions = self.partition_counts();
+                    for group in self.groups.values_mut() {
+                        let subscribed = group.members.values().any(|m| m.topics.contains(&name));
+                        if subscribed || group.offsets.keys().any(|(t, _)| *t == name) {
+                            Arc::make_mut(group).forget_topic(&name, &partitions);
+                        }
                     }
                     MetaResponse::Done
                 }
@@ -113,8 +124,67 @@ impl MetadataState {
                     Err(err) => MetaResponse::Rejected(err),
                 }
             }
+            MetaCommand::JoinGroup { .. }
+            | MetaCommand::LeaveGroup { .. }
+            | MetaCommand::ReleasePartitions { .. }
+            | MetaCommand::CommitOffsets { .. }
+            | MetaCommand::ResetOffsets { .. } => return MetaReply::Group(self.apply_group(command)),
         };
         MetaReply::Catalogue(response)
+    }
+
+    fn apply_group(&mut self, command: MetaCommand) -> Result<GroupReply, GroupError> {
+        let partitions = self.partition_counts();
+        match command {
+            MetaCommand::JoinGroup { group, client_id, topics, session_timeout_ms, rebalance_timeout_ms } => {
+                let topics: BTreeSet<String> = topics.into_iter().collect();
+                if let Some(unknown) = topics.iter().find(|t| !self.topics.contains_key(*t)) {
+                    return Err(GroupError::UnknownTopic { group, topic: unknown.clone() });
+                }
+                let entry = self.groups.entry(group.clone()).or_insert_with(|| Arc::new(ConsumerGroup::new(group)));
+                let view = Arc::make_mut(entry).join(
+                    client_id,
+                    topics,
+                    session_timeout_ms,
+                    rebalance_timeout_ms,
+                    &partitions,
+                )?;
+                Ok(GroupReply::Member(view))
+            }
+            MetaCommand::LeaveGroup { group, member_id, reason: _ } => {
+                self.group_mut(&group)?.remove(member_id, &partitions)?;
+                Ok(GroupReply::Done)
+            }
+            MetaCommand::ReleasePartitions { group, member_id, still_owned } => {
+                let still_owned = still_owned.into_iter().collect();
+                let view = self.group_mut(&group)?.release(member_id, &still_owned, &partitions)?;
+                Ok(GroupReply::Member(view))
+            }
+            MetaCommand::CommitOffsets { group, member_id, member_epoch, offsets, committed_at_ms } => {
+                let found = self.groups.get(&group).ok_or_else(|| GroupError::UnknownGroup { group: group.clone() })?;
+                // Check before `make_mut`, so a refused commit does not copy the group.
+                found.check_commit(member_id, member_epoch, &offsets)?;
+                self.group_mut(&group)?.commit(member_id, member_epoch, offsets, committed_at_ms)?;
+                Ok(GroupReply::Done)
+            }
+            MetaCommand::ResetOffsets { group, offsets, at_ms } => {
+                self.group_mut(&group)?.reset(offsets, at_ms)?;
+                Ok(GroupReply::Done)
+            }
+            other => unreachable!("not a group command: {other}"),
+        }
+    }
+
+    fn group_mut(&mut self, group: &str) -> Result<&mut ConsumerGroup, GroupError> {
+        match self.groups.get_mut(group) {
+            Some(found) => Ok(Arc::make_mut(found)),
+            None => Err(GroupError::UnknownGroup { group: group.to_string() }),
+        }
+    }
+
+    /// Partition count of every topic, by name.
+    pub fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.topics.iter().map(|(name, topic)| (name.clone(), topic.partitions)).collect()
     }
 
     /// Checks a topic creation without applying it (for early, friendly errors; apply checks

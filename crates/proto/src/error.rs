@@ -29,6 +29,10 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         OffsetOutOfRange | PartitionOutOfRange => tonic::Code::OutOfRange,
         ReplicationFactorTooLarge => tonic::Code::FailedPrecondition,
         NodeIdMismatch | WipedDisk | ProducerFenced | OutOfOrderSequence => tonic::Code::FailedPrecondition,
+        UnknownGroup => tonic::Code::NotFound,
+        UnknownMember | StaleMemberEpoch | GroupActive | PartitionNotAssigned | OffsetRegression => {
+            tonic::Code::FailedPrecondition
+        }
         InvalidRequest
         | InvalidTopicName
         | InvalidPartitionCount
@@ -36,7 +40,8 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         | EmptyBatch
         | RecordTooLarge
         | BatchTooLarge
-        | TooManyRecords => tonic::Code::InvalidArgument,
+        | TooManyRecords
+        | InvalidGroupName => tonic::Code::InvalidArgument,
     }
 }
 

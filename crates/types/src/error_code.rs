@@ -62,6 +62,23 @@ pub enum ErrorCode {
     /// An idempotent batch is neither the next one the partition expects from the producer
     /// nor a recent one it already appended; the message names both sequence numbers.
     OutOfOrderSequence = 501,
+
+    /// No consumer group has that name.
+    UnknownGroup = 600,
+    /// The member id is not (or no longer) in the group: it left, or the coordinator evicted
+    /// it after its session timeout. The member must stop consuming and join again.
+    UnknownMember = 601,
+    /// The request carries an older member epoch than the member's current one (a zombie or a
+    /// late request); the message names both.
+    StaleMemberEpoch = 602,
+    /// The group has members; resetting its offsets needs an inactive group.
+    GroupActive = 603,
+    /// The member committed an offset for a partition it is not assigned.
+    PartitionNotAssigned = 604,
+    /// A commit would move a group's committed offset backwards (only a reset may).
+    OffsetRegression = 605,
+    /// The group name breaks the naming rules.
+    InvalidGroupName = 606,
 }
 
 impl ErrorCode {
@@ -98,6 +115,13 @@ impl ErrorCode {
             401 => WipedDisk,
             500 => ProducerFenced,
             501 => OutOfOrderSequence,
+            600 => UnknownGroup,
+            601 => UnknownMember,
+            602 => StaleMemberEpoch,
+            603 => GroupActive,
+            604 => PartitionNotAssigned,
+            605 => OffsetRegression,
+            606 => InvalidGroupName,
             _ => return None,
         })
     }
@@ -143,6 +167,13 @@ impl ErrorCode {
             WipedDisk => "WIPED_DISK",
             ProducerFenced => "PRODUCER_FENCED",
             OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
+            UnknownGroup => "UNKNOWN_GROUP",
+            UnknownMember => "UNKNOWN_MEMBER",
+            StaleMemberEpoch => "STALE_MEMBER_EPOCH",
+            GroupActive => "GROUP_ACTIVE",
+            PartitionNotAssigned => "PARTITION_NOT_ASSIGNED",
+            OffsetRegression => "OFFSET_REGRESSION",
+            InvalidGroupName => "INVALID_GROUP_NAME",
         }
     }
 }
@@ -171,6 +202,24 @@ mod tests {
         // Resending the same batch cannot fix either: the session must change.
         assert!(!ErrorCode::ProducerFenced.is_retriable());
         assert!(!ErrorCode::OutOfOrderSequence.is_retriable());
+    }
+
+    #[test]
+    fn consumer_group_codes_are_stable_and_not_retriable() {
+        for (number, code, name) in [
+            (600, ErrorCode::UnknownGroup, "UNKNOWN_GROUP"),
+            (601, ErrorCode::UnknownMember, "UNKNOWN_MEMBER"),
+            (602, ErrorCode::StaleMemberEpoch, "STALE_MEMBER_EPOCH"),
+            (603, ErrorCode::GroupActive, "GROUP_ACTIVE"),
+            (604, ErrorCode::PartitionNotAssigned, "PARTITION_NOT_ASSIGNED"),
+            (605, ErrorCode::OffsetRegression, "OFFSET_REGRESSION"),
+            (606, ErrorCode::InvalidGroupName, "INVALID_GROUP_NAME"),
+        ] {
+            assert_eq!(ErrorCode::from_u32(number), Some(code));
+            assert_eq!(code.name(), name);
+            // Each needs the member to rejoin or the caller to change the request.
+            assert!(!code.is_retriable(), "{name}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_broker::{BrokerError, FetchedBatch, PartitionWatermarks};
+use flotilla_broker::{BrokerError, FetchedBatch};
+use flotilla_metadata::TopicRecord;
 use flotilla_proto::v1::fetch_service_client::FetchServiceClient;
 use flotilla_proto::v1::fetch_service_server::FetchService;
 use flotilla_proto::v1::{
@@ -113,54 +114,10 @@ impl FetchService for FetchApi {
         for partition in &partitions {
             state.check_partition(&topic, *partition)?;
         }
-        let lookups = partitions.iter().map(|partition| {
-            let topic = &topic;
-            async move {
-                let group = topic.group(*partition);
-                let what = format!("partition {partition} of topic {:?}", topic.name);
-                let deadline = Instant::now() + LEADER_WAIT;
-                loop {
-                    if let Some(replica) = leading_replica(state, state.partitions.get(group)).await {
-                        let marks = *replica.watermarks.borrow();
-                        return Ok(offsets(*partition, marks));
-                    }
-                    match state.leader_of(group) {
-                        Some((leader, info)) if leader != state.node_id => {
-                            if was_forwarded {
-                                return Err(ApiError::not_leader(&what, Some((leader, info))));
-                            }
-                            let channel = state.peers.channel(&info.client_address)?;
-                            let message =
-                                ListOffsetsRequest { topic: topic.name.clone(), partitions: vec![*partition] };
-                            match FetchServiceClient::new(channel)
-                                .list_offsets(forwarded(message, FORWARD_TIMEOUT))
-                                .await
-                            {
-                                Ok(response) => {
-                                    if let Some(found) = response.into_inner().partitions.into_iter().next() {
-                                        return Ok(found);
-                                    }
-                                }
-                                Err(status) => {
-                                    let err = from_status(&status);
-                                    if Instant::now() >= deadline {
-                                        return Err(err);
-                                    }
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(ApiError::new(
-                            ErrorCode::LeaderUnavailable,
-                            format!("{what} has no reachable leader"),
-                        ));
-                    }
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-            }
-        });
+        let timestamp_ms = request.timestamp_ms;
+        let lookups = partitions
+            .iter()
+            .map(|partition| partition_offsets(state, &topic, *partition, timestamp_ms, was_forwarded));
         let mut out = Vec::with_capacity(partitions.len());
         for result in futures::future::join_all(lookups).await {
             out.push(result?);
@@ -169,8 +126,67 @@ impl FetchService for FetchApi {
     }
 }
 
-fn offsets(partition: PartitionId, marks: PartitionWatermarks) -> PartitionOffsets {
-    PartitionOffsets { partition, log_start_offset: marks.log_start, high_watermark: marks.high_watermark }
+/// Log start and high watermark of one partition (and, with `timestamp_ms`, the first offset
+/// at or after that time), from the partition's leader: read here when this node leads it,
+/// else asked of the leader. `was_forwarded`: the caller is another node, so answer
+/// `NotLeader` rather than forward again.
+pub(crate) async fn partition_offsets(
+    state: &NodeState,
+    topic: &TopicRecord,
+    partition: PartitionId,
+    timestamp_ms: Option<i64>,
+    was_forwarded: bool,
+) -> Result<PartitionOffsets, ApiError> {
+    let group = topic.group(partition);
+    let what = format!("partition {partition} of topic {:?}", topic.name);
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        if let Some(replica) = leading_replica(state, state.partitions.get(group)).await {
+            let marks = *replica.watermarks.borrow();
+            let offset_for_timestamp = match timestamp_ms {
+                Some(timestamp_ms) => {
+                    let reader = replica.reader.clone();
+                    let found = state.read_storage(move || reader.offset_for_time(timestamp_ms, marks)).await?;
+                    Some(found.map_err(|err| ApiError::new(ErrorCode::Internal, err.to_string()))?)
+                }
+                None => None,
+            };
+            return Ok(PartitionOffsets {
+                partition,
+                log_start_offset: marks.log_start,
+                high_watermark: marks.high_watermark,
+                offset_for_timestamp,
+            });
+        }
+        match state.leader_of(group) {
+            Some((leader, info)) if leader != state.node_id => {
+                if was_forwarded {
+                    return Err(ApiError::not_leader(&what, Some((leader, info))));
+                }
+                let channel = state.peers.channel(&info.client_address)?;
+                let message =
+                    ListOffsetsRequest { topic: topic.name.clone(), partitions: vec![partition], timestamp_ms };
+                match FetchServiceClient::new(channel).list_offsets(forwarded(message, FORWARD_TIMEOUT)).await {
+                    Ok(response) => {
+                        if let Some(found) = response.into_inner().partitions.into_iter().next() {
+                            return Ok(found);
+                        }
+                    }
+                    Err(status) => {
+                        let err = from_status(&status);
+                        if Instant::now() >= deadline {
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::new(ErrorCode::LeaderUnavailable, format!("{what} has no reachable leader")));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
 }
 
 /// Serves a fetch from the local leader replica.
