@@ -266,6 +266,7 @@ impl FetchService for FakeNode {
                 partition: p as u32,
                 log_start_offset: 0,
                 high_watermark: log.len() as u64,
+                offset_for_timestamp: None,
             })
             .collect();
         Ok(Response::new(v1::ListOffsetsResponse { partitions: offsets }))

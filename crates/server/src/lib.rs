@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod coordinator;
 mod error;
 mod http;
 mod membership;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_metadata::{MetaCommand, MetaConfig, MetaReply, MetaResponse, MetadataState, MetadataStateMachine};
+use flotilla_metadata::{
+    GroupError, GroupReply, MetaCommand, MetaConfig, MetaReply, MetaResponse, MetadataState, MetadataStateMachine,
+};
 use flotilla_proto::raft::v1::propose_response;
 use flotilla_raft::openraft::Raft;
 use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
@@ -95,6 +97,29 @@ impl Meta {
                 format!("the metadata group answered a producer-id allocation with {other:?}"),
             )),
         }
+    }
+
+    /// Applies the consumer-group command `command` through the metadata leader. The outer
+    /// error is the proposal's (no leader, timeout); the inner one the group's verdict.
+    pub async fn propose_group(
+        &self,
+        command: MetaCommand,
+        timeout: Duration,
+    ) -> Result<Result<GroupReply, GroupError>, ApiError> {
+        let what = command.to_string();
+        match self.propose_reply(command, timeout).await? {
+            MetaReply::Group(outcome) => Ok(outcome),
+            other => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the metadata group answered group command \"{what}\" with {other:?}"),
+            )),
+        }
+    }
+
+    /// Whether this node leads the metadata group, and in which term.
+    pub fn leading_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        (metrics.current_leader == Some(self.node_id)).then_some(metrics.current_term)
     }
 
     /// Applies `command` through the metadata leader, retrying leader changes until

@@ -14,6 +14,7 @@ use flotilla_proto::raft::v1::raft_transport_server::RaftTransportServer;
 use flotilla_proto::v1::admin_service_server::AdminServiceServer;
 use flotilla_proto::v1::cluster_service_server::ClusterServiceServer;
 use flotilla_proto::v1::fetch_service_server::FetchServiceServer;
+use flotilla_proto::v1::group_service_server::GroupServiceServer;
 use flotilla_proto::v1::produce_service_server::ProduceServiceServer;
 use flotilla_raft::{
     GroupLauncher, GroupRegistry, Introduction, Introductions, NodeInfo, PurgeMode, RaftTransportService, Transport,
@@ -25,9 +26,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
-use crate::api::{AdminApi, ClusterApi, FetchApi, NodeState, ProduceApi};
+use crate::api::{AdminApi, ClusterApi, FetchApi, GroupApi, NodeState, ProduceApi};
 use crate::http::MetricsFn;
 use crate::meta::Meta;
 use crate::partitions::{Partitions, run_leader_reporter};
@@ -328,8 +330,10 @@ pub async fn run(
         engine: Arc::clone(&engine),
         round_robin: AtomicU32::new(0),
         produce_duplicates: AtomicU64::new(0),
+        sessions: parking_lot::Mutex::new(Default::default()),
     });
     tasks.push(tokio::spawn(crate::membership::run_membership(Arc::clone(&state))));
+    tasks.push(tokio::spawn(crate::coordinator::run_coordinator(Arc::clone(&state))));
     if let Some(on_metrics) = on_metrics {
         let metrics_state = Arc::clone(&state);
         on_metrics(Arc::new(move || render_metrics(&metrics_state)));
@@ -340,6 +344,7 @@ pub async fn run(
     health.set_serving::<FetchServiceServer<FetchApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health.set_serving::<ClusterServiceServer<ClusterApi>>().await;
+    health.set_serving::<GroupServiceServer<GroupApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -352,18 +357,26 @@ pub async fn run(
         .max_concurrent_streams(Some(CLIENT_STREAMS_MAX))
         .add_service(health_service)
         .add_service(reflection)
+        // Compression is gRPC message compression only: produce requests are decompressed on
+        // receipt and records are stored uncompressed; fetch answers are compressed only for
+        // clients that ask (grpc-accept-encoding).
         .add_service(
             ProduceServiceServer::new(ProduceApi::new(Arc::clone(&state)))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
         .add_service(
             FetchServiceServer::new(FetchApi::new(Arc::clone(&state)))
+                .send_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
         .add_service(AdminServiceServer::new(AdminApi::new(Arc::clone(&state))))
         .add_service(ClusterServiceServer::new(ClusterApi::new(Arc::clone(&state))))
+        .add_service(GroupServiceServer::new(GroupApi::new(Arc::clone(&state))))
         .serve_with_incoming_shutdown(client_incoming, stopped(stop_rx.clone()))
         .await;
 

@@ -4,6 +4,7 @@ mod admin;
 mod cluster;
 mod error;
 mod fetch;
+mod group;
 mod produce;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub use admin::AdminApi;
 pub use cluster::ClusterApi;
 pub use error::ApiError;
 pub use fetch::FetchApi;
+pub use group::{GroupApi, group_error};
 pub use produce::ProduceApi;
 
 use crate::meta::Meta;
@@ -52,6 +54,9 @@ pub struct NodeState {
     /// Idempotent batches this node's partitions answered from the producer table instead of
     /// appending them again (client retries whose first attempt had landed).
     pub produce_duplicates: AtomicU64,
+    /// When the group coordinator (this node, while it leads the metadata group) last heard
+    /// from each consumer-group member.
+    pub sessions: parking_lot::Mutex<crate::coordinator::Sessions>,
 }
 
 impl NodeState {
