@@ -12,12 +12,14 @@ use flotilla_proto::v1::fetch_service_client::FetchServiceClient;
 use flotilla_proto::v1::produce_service_client::ProduceServiceClient;
 use flotilla_types::PartitionId;
 use futures::future::join_all;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::idempotent_producer::IdempotentProducer;
 use crate::plan::{SubBatchOutcome, check_acks, reassemble, split};
+use crate::producer::{Producer, ProducerConfig};
 use crate::router::{Router, Target, request};
 
 /// A handle to a Flotilla cluster. Cheap to clone; clones share connections and metadata.
@@ -209,19 +211,19 @@ impl Client {
         records: Vec<v1::Record>,
     ) -> Result<Vec<v1::RecordAck>, ClientError> {
         if let Some(partition) = partition {
-            return self.produce_to(topic, Some(partition), records, None).await;
+            return self.produce_to(topic, Some(partition), records, None, None).await;
         }
         let partitions = match self.router.partition_count(topic).await {
             Some(count) if count > 0 && !records.is_empty() => count,
             // Unknown topic, an empty batch or no metadata: let a node route the request (and
             // name the problem in its error, if there is one).
-            _ => return self.produce_to(topic, None, records, None).await,
+            _ => return self.produce_to(topic, None, records, None, None).await,
         };
         let keyless_partition = self.keyless_cursor.fetch_add(1, Ordering::Relaxed) % partitions;
         let total = records.len();
         let batches = split(records, partitions, keyless_partition);
         let sends = batches.into_iter().map(|batch| async move {
-            let result = self.produce_to(topic, Some(batch.partition), batch.records, None).await;
+            let result = self.produce_to(topic, Some(batch.partition), batch.records, None, None).await;
             (batch.partition, batch.positions, result) as SubBatchOutcome
         });
         reassemble(total, join_all(sends).await)
@@ -279,21 +281,37 @@ impl Client {
     }
 
     /// Starts an [`IdempotentProducer`] session: produce whose retries never append a batch
-    /// twice.
+    /// twice. For batching and pipelining, use [`Client::producer`].
     pub async fn idempotent_producer(&self) -> Result<IdempotentProducer, ClientError> {
         let session = self.init_producer().await?;
         Ok(IdempotentProducer::new(self.clone(), session.producer_id, session.producer_epoch))
     }
 
+    /// Starts a batching [`Producer`]. With `config.idempotence` (the default) it first opens
+    /// a producer session (`InitProducer`), so its retries never append a batch twice. Fails
+    /// if `config` is out of range or the session cannot be opened.
+    pub async fn producer(&self, config: ProducerConfig) -> Result<Producer, ClientError> {
+        config.validate()?;
+        let session = if config.idempotence {
+            let session = self.init_producer().await?;
+            Some((session.producer_id, session.producer_epoch))
+        } else {
+            None
+        };
+        Producer::new(self.clone(), config, session)
+    }
+
     /// One produce request: to the partition's leader when `partition` is given, else to any
     /// broker (which places the records itself). `idempotence` makes it an idempotent
     /// producer's batch (it needs `partition`); every retry resends it unchanged.
+    /// `compression` compresses the gRPC message (the server stores records uncompressed).
     pub(crate) async fn produce_to(
         &self,
         topic: &str,
         partition: Option<PartitionId>,
         records: Vec<v1::Record>,
         idempotence: Option<v1::ProducerSequence>,
+        compression: Option<CompressionEncoding>,
     ) -> Result<Vec<v1::RecordAck>, ClientError> {
         let expected = records.len();
         let message = v1::ProduceRequest { topic: topic.to_string(), partition, records, idempotence };
@@ -305,6 +323,9 @@ impl Client {
             .router
             .call("produce", target, Duration::ZERO, |channel, timeout| {
                 let mut stub = self.produce_stub(channel);
+                if let Some(encoding) = compression {
+                    stub = stub.send_compressed(encoding);
+                }
                 let request = request(message.clone(), timeout);
                 async move { stub.produce(request).await }
             })

@@ -1,11 +1,14 @@
 //! Errors the client returns.
 
+use std::time::Duration;
+
 use flotilla_proto::error::WireError;
 use flotilla_proto::v1::RecordAck;
 use flotilla_types::ErrorCode;
 
-/// Everything that can go wrong in a client call.
-#[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong in a client call. `Clone`, because a [`crate::Producer`]
+/// reports one batch's failure to every record of the batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// [`crate::Client::connect`] was given no broker address.
     #[error("no broker address given; pass at least one HOST:PORT")]
@@ -75,6 +78,68 @@ pub enum ClientError {
         /// How many records it holds.
         records: usize,
     },
+    /// A [`crate::Producer`] setting is out of range.
+    #[error("producer setting {field} {reason}")]
+    InvalidConfig {
+        /// The setting, e.g. "batch_bytes".
+        field: &'static str,
+        /// What is wrong with it, naming the value and the rule.
+        reason: String,
+    },
+    /// A record a [`crate::Producer`] was asked to send breaks a limit or names a partition
+    /// the topic does not have; checked before the record is queued, so nothing was sent.
+    #[error("record for topic {topic:?} refused before sending: {reason}")]
+    InvalidRecord {
+        /// The record's topic.
+        topic: String,
+        /// The rule it breaks, naming the value.
+        reason: String,
+    },
+    /// The [`crate::Producer`] was closed; no more records are accepted.
+    #[error("the producer is closed; create a new one to send more records")]
+    ProducerClosed,
+    /// A partition refused a batch of this [`crate::Producer`] with `PRODUCER_FENCED`: another
+    /// session took over its producer id with a higher epoch. The producer fails every
+    /// pending and later record with this error rather than risk duplicates.
+    #[error(
+        "producer {producer_id} was fenced on {topic}/{partition}: another session took over its producer id with \
+         a higher epoch, so this producer sends nothing more (create a new producer): {source}"
+    )]
+    ProducerFenced {
+        /// The fenced producer id.
+        producer_id: u64,
+        /// Topic of the batch that was refused.
+        topic: String,
+        /// Its partition.
+        partition: u32,
+        /// The partition's refusal.
+        #[source]
+        source: WireError,
+    },
+    /// A [`crate::Producer`] could not get a record acknowledged within its delivery timeout.
+    #[error(
+        "records for {topic}/{partition} were not acknowledged within the delivery timeout of {timeout:?}; {}{}",
+        if *.sent {
+            "they were sent and may or may not have been appended (an idempotent producer keeps resending \
+             the batch under its sequence numbers, so they are appended at most once)"
+        } else {
+            "they were never sent, so nothing was appended"
+        },
+        .last.as_ref().map(|last| format!("; last error: {last}")).unwrap_or_default()
+    )]
+    DeliveryTimeout {
+        /// Topic of the records.
+        topic: String,
+        /// Their partition.
+        partition: u32,
+        /// The producer's delivery timeout.
+        timeout: Duration,
+        /// Whether the batch had been sent: if so the outcome is unknown, else nothing was
+        /// appended.
+        sent: bool,
+        /// The last failure of the batch's requests, if any.
+        last: Option<Box<ClientError>>,
+    },
     /// The server's answer breaks the API contract (e.g. fewer acks than records).
     #[error("unexpected answer to {operation}: {detail}")]
     Protocol {
@@ -89,7 +154,9 @@ impl ClientError {
     /// The server's error behind this one, if any (the last one for exhausted retries).
     pub fn wire(&self) -> Option<&WireError> {
         match self {
-            ClientError::Server(wire) | ClientError::RetriesExhausted { last: wire, .. } => Some(wire),
+            ClientError::Server(wire)
+            | ClientError::RetriesExhausted { last: wire, .. }
+            | ClientError::ProducerFenced { source: wire, .. } => Some(wire),
             ClientError::PartiallyAcknowledged { source, .. } => source.wire(),
             _ => None,
         }

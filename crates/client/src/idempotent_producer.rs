@@ -3,18 +3,22 @@
 //! The session holds a producer id and epoch from `InitProducer` and, per partition, the
 //! sequence number of the next record. Each batch gets its sequence once; every retry resends
 //! the same records under the same sequence, and the partition answers a batch it has already
-//! appended with the offsets it got the first time (DESIGN.md §2, promise 4).
+//! appended with the offsets it got the first time (DESIGN.md §2, promise 4). The numbering
+//! and the reading of answers are the [`Sequencer`]'s, shared with the batching
+//! [`crate::Producer`]; this session is that sequencer with one batch in flight, driven by the
+//! caller's own batches.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flotilla_proto::v1;
-use flotilla_types::{ErrorCode, PartitionId};
+use flotilla_types::PartitionId;
 use futures::future::join_all;
 
 use crate::Client;
 use crate::error::ClientError;
 use crate::plan::{SubBatchOutcome, reassemble, split};
+use crate::producer::{BatchId, Outcome, Sequencer, Verdict};
 
 /// A producer session with exactly-once appends for its retries.
 ///
@@ -51,15 +55,17 @@ pub struct IdempotentProducer {
 type SequenceSlot = Arc<tokio::sync::Mutex<PartitionSequence>>;
 
 /// Where this session stands with one partition.
-#[derive(Default)]
 struct PartitionSequence {
-    /// Sequence of the next batch's first record.
-    next: u64,
+    /// Numbers the batches, one in flight at a time.
+    sequencer: Sequencer,
+    /// Id of the next batch.
+    next_id: BatchId,
     /// A batch sent without a definite answer: it must be settled before any other.
     in_doubt: Option<InDoubt>,
 }
 
 struct InDoubt {
+    id: BatchId,
     base_sequence: u64,
     records: Vec<v1::Record>,
 }
@@ -110,9 +116,21 @@ impl IdempotentProducer {
         }
         let slot = self.slot(topic, partition);
         let mut sequence = slot.lock().await;
-        let base_sequence = match &sequence.in_doubt {
-            None => sequence.next,
-            Some(doubt) if doubt.records == records => doubt.base_sequence,
+        let count = records.len();
+        let (id, stamp) = match &sequence.in_doubt {
+            None => {
+                let id = sequence.next_id;
+                sequence.next_id += 1;
+                (id, sequence.sequencer.assign(id, count))
+            }
+            Some(doubt) if doubt.records == records => {
+                let id = doubt.id;
+                if sequence.sequencer.in_flight(id) {
+                    // The call that sent it was dropped mid-request: its outcome is unknown.
+                    sequence.sequencer.on_outcome(id, Outcome::Unknown);
+                }
+                (id, sequence.sequencer.resend(id).flatten())
+            }
             Some(doubt) => {
                 return Err(ClientError::SequenceInDoubt {
                     producer_id: self.producer_id,
@@ -123,30 +141,32 @@ impl IdempotentProducer {
                 });
             }
         };
-        let count = records.len() as u64;
-        let idempotence =
-            v1::ProducerSequence { producer_id: self.producer_id, producer_epoch: self.producer_epoch, base_sequence };
+        let Some(stamp) = stamp else {
+            return Err(ClientError::Protocol {
+                operation: "produce",
+                detail: format!("producer {} has no sequence for its batch to {topic}/{partition}", self.producer_id),
+            });
+        };
+        let idempotence = v1::ProducerSequence {
+            producer_id: self.producer_id,
+            producer_epoch: stamp.epoch,
+            base_sequence: stamp.base_sequence,
+        };
         // In doubt from the moment it leaves: if the caller drops this future mid-request (a
         // timeout around `send`), the batch may still land, and the next call must resend it
         // rather than reuse its sequence for other records (which the partition would answer
         // as a duplicate, silently dropping them).
-        let was_in_doubt = sequence.in_doubt.is_some();
-        sequence.in_doubt = Some(InDoubt { base_sequence, records: records.clone() });
-        let result = self.client.produce_to(topic, Some(partition), records, Some(idempotence)).await;
-        match &result {
-            Ok(_) => {
-                sequence.in_doubt = None;
-                sequence.next = base_sequence + count;
-            }
-            Err(error) if outcome_unknown(error) => {}
-            // A definite refusal: nothing was appended by this call, and the sequence stays
-            // where it was (an earlier in-doubt batch stays in doubt).
-            Err(error) => {
-                if !was_in_doubt {
-                    sequence.in_doubt = None;
-                }
-                if error.code() == Some(ErrorCode::ProducerFenced) {
-                    self.fenced.lock().get_or_insert_with(|| clone_refusal(error));
+        if sequence.in_doubt.is_none() {
+            sequence.in_doubt = Some(InDoubt { id, base_sequence: stamp.base_sequence, records: records.clone() });
+        }
+        let result = self.client.produce_to(topic, Some(partition), records, Some(idempotence), None).await;
+        match sequence.sequencer.on_outcome(id, Outcome::of(&result)) {
+            Verdict::Settled | Verdict::Failed => sequence.in_doubt = None,
+            // With one batch in flight nothing is parked or stranded: those stay in doubt too.
+            Verdict::Retry | Verdict::Parked | Verdict::Stranded => {}
+            Verdict::Fenced => {
+                if let Err(error) = &result {
+                    self.fenced.lock().get_or_insert_with(|| error.clone());
                 }
             }
         }
@@ -179,61 +199,17 @@ impl IdempotentProducer {
 
     fn slot(&self, topic: &str, partition: PartitionId) -> SequenceSlot {
         let mut partitions = self.partitions.lock();
-        Arc::clone(partitions.entry((topic.to_string(), partition)).or_default())
+        let slot = partitions.entry((topic.to_string(), partition)).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(PartitionSequence {
+                sequencer: Sequencer::new(Some(self.producer_epoch), 1),
+                next_id: 0,
+                in_doubt: None,
+            }))
+        });
+        Arc::clone(slot)
     }
 
     fn fenced_error(&self) -> Option<ClientError> {
-        self.fenced.lock().as_ref().map(clone_refusal)
-    }
-}
-
-/// Whether a failed send may have appended its batch: the last attempt got no definite answer
-/// (a timeout, a lost connection, an election that outlasted the retries) or the answer broke
-/// the protocol. A refusal with a Flotilla code that is not retriable appended nothing.
-fn outcome_unknown(error: &ClientError) -> bool {
-    match error {
-        ClientError::Server(wire) => wire.code.is_none_or(ErrorCode::is_retriable),
-        ClientError::RetriesExhausted { .. } | ClientError::Protocol { .. } => true,
-        _ => false,
-    }
-}
-
-/// A copy of a refusal, to answer later calls of a fenced session with it.
-fn clone_refusal(error: &ClientError) -> ClientError {
-    match error.wire() {
-        Some(wire) => ClientError::Server(wire.clone()),
-        None => ClientError::Protocol { operation: "produce", detail: error.to_string() },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use flotilla_proto::error::WireError;
-
-    use super::*;
-
-    fn server(code: Option<ErrorCode>, grpc_code: tonic::Code) -> ClientError {
-        ClientError::Server(WireError { code, grpc_code, message: "m".into(), leader: None })
-    }
-
-    #[test]
-    fn only_definite_refusals_settle_a_batch() {
-        assert!(!outcome_unknown(&server(Some(ErrorCode::OutOfOrderSequence), tonic::Code::FailedPrecondition)));
-        assert!(!outcome_unknown(&server(Some(ErrorCode::ProducerFenced), tonic::Code::FailedPrecondition)));
-        assert!(!outcome_unknown(&server(Some(ErrorCode::InvalidRequest), tonic::Code::InvalidArgument)));
-        // A status that did not come from a Flotilla node says nothing about the append.
-        assert!(outcome_unknown(&server(None, tonic::Code::Internal)));
-        let exhausted = ClientError::RetriesExhausted {
-            operation: "produce",
-            target: "leader of t/0".into(),
-            attempts: 41,
-            last: WireError {
-                code: Some(ErrorCode::Timeout),
-                grpc_code: tonic::Code::DeadlineExceeded,
-                message: "m".into(),
-                leader: None,
-            },
-        };
-        assert!(outcome_unknown(&exhausted));
+        self.fenced.lock().clone()
     }
 }

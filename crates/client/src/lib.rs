@@ -5,8 +5,10 @@
 //! the metadata cache and the retry loop, so a batching `Producer` or a group `Consumer`
 //! can be layered on the same router later; `plan.rs` splits a produce call across
 //! partitions and puts the acknowledgements back in request order;
-//! [`IdempotentProducer`] (`idempotent_producer.rs`) numbers batches so retries never
-//! duplicate them.
+//! [`Producer`] (`producer/`) batches records per partition, pipelines requests and is
+//! idempotent by default; [`IdempotentProducer`] (`idempotent_producer.rs`) is the one-batch
+//! session underneath the simulation, numbering batches through the same sequencer so
+//! retries never duplicate them.
 
 mod backoff;
 mod client;
@@ -15,6 +17,7 @@ mod error;
 mod idempotent_producer;
 mod metadata_cache;
 mod plan;
+pub mod producer;
 mod router;
 
 pub use client::Client;
@@ -25,3 +28,4 @@ pub use flotilla_proto::net::{Connector, tcp_connector};
 pub use flotilla_proto::v1;
 pub use flotilla_types::ErrorCode;
 pub use idempotent_producer::IdempotentProducer;
+pub use producer::{Compression, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, ProducerStats};
