@@ -69,17 +69,19 @@ enum Command {
     },
     /// Append records read from stdin, one per line.
     ///
-    /// Lines are batched (up to 1000 records or 1 MiB per request, sent when stdin pauses for
-    /// 5 ms or at least every 50 ms) and go straight to partition leaders, one request per
-    /// partition at a time, so records with the same key keep their input order.
+    /// Lines go through the SDK's producer: batched per partition (a batch closes at
+    /// --batch-bytes or 10,000 records, or --linger-ms after its first line), sent straight to
+    /// partition leaders with up to 5 requests per partition in flight. The producer is
+    /// idempotent unless --no-idempotence: a batch retried after a leader change is appended
+    /// once, and records with the same key keep their input order.
     ///
     /// Table output: one summary line. JSON output: `{"partition":P,"offset":O,"key":K}` per
     /// acknowledged record, in input order; `key` is null for keyless records, and a key that
     /// is not valid UTF-8 comes as `key_base64` (standard base64) instead.
     ///
-    /// Exits with 1, saying how many records were not acknowledged and why, when a request
-    /// fails; no batch is sent after a failure. A malformed line stops reading; the lines
-    /// before it are still sent.
+    /// Exits with 1, saying how many records were not acknowledged and why, when a record
+    /// fails; stdin is not read after a failure (records already queued are still sent). A
+    /// malformed line stops reading; the lines before it are still sent.
     Produce(produce::ProduceArgs),
     /// Print records of a topic as they arrive.
     ///
