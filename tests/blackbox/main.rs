@@ -10,4 +10,5 @@ mod failover;
 mod forwarding;
 mod move_replica;
 mod produce_consume;
+mod producer;
 mod wiped_disk;
