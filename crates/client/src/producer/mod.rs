@@ -79,8 +79,10 @@ pub struct ProducerConfig {
     pub batch_records_max: usize,
     /// Batches per partition sent and not yet settled. More hide more round trips; with
     /// idempotence at most [`IDEMPOTENT_IN_FLIGHT_MAX`] (what a partition remembers per
-    /// producer). Without idempotence, more than 1 lets a retried batch land after a later
-    /// one, so records of one key may be reordered.
+    /// producer), and the producer narrows to one while batches overtake each other (each
+    /// overtaking batch costs the partition a Raft round and a resend), widening again as
+    /// acknowledgements come in order. Without idempotence, more than 1 lets a retried batch
+    /// land after a later one, so records of one key may be reordered.
     pub max_in_flight_per_partition: usize,
     /// Bytes of records accepted but not yet settled, over all partitions. `send` waits for
     /// room (backpressure) instead of buffering without bound when the cluster is slower than

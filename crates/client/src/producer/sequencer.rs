@@ -22,6 +22,12 @@
 //!   gets a real refusal. Waiting for acknowledgements (rather than resending while earlier
 //!   batches are merely in flight) keeps a batch from bouncing off a partition for as long as
 //!   an earlier one is stuck retrying.
+//! - Overtaking is costly: the partition refuses the overtaking batch only at apply, after a
+//!   replicated, fsynced Raft round, and it must be sent again. So the number of batches in
+//!   flight adapts, like a congestion window: it drops to one when a batch is parked and grows
+//!   by one after [`WIDEN_AFTER_ACKS`] acknowledgements in a row, up to `max_in_flight`. Under
+//!   saturation, where large concurrent requests overtake each other often, it stays narrow;
+//!   at moderate load batches rarely overtake, and it stays wide and hides round trips.
 //! - A batch without a definite answer (a timeout, a lost connection, retries exhausted) is
 //!   *in doubt*: it may be in the log. It is resent under its sequence until it settles, and
 //!   its sequence never goes to other records. A definite refusal does not settle a batch that
@@ -53,6 +59,12 @@ pub(crate) type BatchId = u64;
 /// Batches a partition remembers per producer (the broker's `BATCHES_PER_PRODUCER`); more
 /// unsettled batches than this could not all be recognised as duplicates when resent.
 pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
+
+/// Acknowledgements in a row, without a batch overtaking another, that widen the window of
+/// batches in flight by one. Measured under saturation (1 MiB batches, 3 partitions): growing
+/// after one window's worth of acks still let a quarter of all batches overtake; after 16,
+/// overtaking costs a few percent.
+pub(crate) const WIDEN_AFTER_ACKS: usize = 16;
 
 /// The sequence fields of one idempotent request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +167,10 @@ pub(crate) struct Sequencer {
     epoch: Option<u32>,
     next_sequence: u64,
     max_in_flight: usize,
+    /// Batches allowed unsettled now: between 1 and `max_in_flight` (see the module docs).
+    window: usize,
+    /// Acknowledgements since the window last changed or a batch overtook another.
+    acks_in_window: usize,
     /// Batches with a sequence and no settled outcome, in sequence order.
     slots: VecDeque<Slot>,
     /// First sequence of a batch refused definitively while later batches had sequences.
@@ -172,6 +188,8 @@ impl Sequencer {
             epoch,
             next_sequence: 0,
             max_in_flight: max_in_flight.max(1),
+            window: max_in_flight.max(1),
+            acks_in_window: 0,
             slots: VecDeque::new(),
             gap_from: None,
             fenced: false,
@@ -185,7 +203,7 @@ impl Sequencer {
     pub(crate) fn can_assign(&self) -> bool {
         !self.fenced
             && self.gap_from.is_none()
-            && self.slots.len() < self.max_in_flight
+            && self.slots.len() < self.window
             && self.slots.iter().all(|slot| slot.state == SlotState::InFlight)
     }
 
@@ -223,6 +241,11 @@ impl Sequencer {
         match outcome {
             Outcome::Acked => {
                 self.slots.remove(index);
+                self.acks_in_window += 1;
+                if self.acks_in_window >= WIDEN_AFTER_ACKS {
+                    self.window = (self.window + 1).min(self.max_in_flight);
+                    self.acks_in_window = 0;
+                }
                 Verdict::Settled
             }
             // A stranded batch cannot have been appended (the batch at the gap never was), so
@@ -240,6 +263,8 @@ impl Sequencer {
             }
             Outcome::OutOfOrder if idempotent && (index > 0 || slot.sent_behind) => {
                 self.slots[index].state = SlotState::Parked;
+                self.window = 1;
+                self.acks_in_window = 0;
                 Verdict::Parked
             }
             Outcome::OutOfOrder | Outcome::Refused if idempotent && slot.maybe_appended && !stranded => {
@@ -321,6 +346,12 @@ impl Sequencer {
     #[cfg(test)]
     pub(crate) fn unsettled(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Batches allowed unsettled now.
+    #[cfg(test)]
+    pub(crate) fn window(&self) -> usize {
+        self.window
     }
 
     /// The epoch of the partition's current stream (`None` without idempotence).
@@ -465,6 +496,35 @@ mod tests {
         assert_eq!(seq.sends_due(), vec![(3, stamp(0, 20))]);
         assert_eq!(seq.on_outcome(3, Outcome::Acked), Verdict::Settled);
         assert_eq!(seq.assign(4, 1), stamp(0, 30), "nothing was renumbered");
+    }
+
+    #[test]
+    fn overtaking_narrows_the_window_to_one_and_in_order_acks_widen_it_again() {
+        let mut seq = Sequencer::new(Some(0), 3);
+        seq.assign(1, 1);
+        seq.assign(2, 1);
+        assert_eq!(seq.on_outcome(2, Outcome::OutOfOrder), Verdict::Parked);
+        assert_eq!(seq.window(), 1);
+        assert_eq!(seq.on_outcome(1, Outcome::Acked), Verdict::Settled);
+        assert_eq!(seq.sends_due(), vec![(2, stamp(0, 1))]);
+        assert!(!seq.can_assign(), "one batch in flight fills a window of one");
+        assert_eq!(seq.on_outcome(2, Outcome::Acked), Verdict::Settled);
+        let mut id = 3;
+        let mut ack_one = |seq: &mut Sequencer| {
+            seq.assign(id, 1);
+            assert_eq!(seq.on_outcome(id, Outcome::Acked), Verdict::Settled);
+            id += 1;
+        };
+        // Two acknowledgements so far; the window widens after WIDEN_AFTER_ACKS in a row.
+        for _ in 2..WIDEN_AFTER_ACKS {
+            assert_eq!(seq.window(), 1);
+            ack_one(&mut seq);
+        }
+        assert_eq!(seq.window(), 2);
+        for _ in 0..10 * WIDEN_AFTER_ACKS {
+            ack_one(&mut seq);
+        }
+        assert_eq!(seq.window(), 3, "never past max_in_flight");
     }
 
     #[test]
