@@ -378,6 +378,30 @@ impl Cluster {
         run_with_timeout(command, stdin, FLO_TIMEOUT).await.with_context(|| format!("running flo {args:?}"))
     }
 
+    /// Starts `flo --brokers <every node> ARGS` in the background, collecting its stdout lines
+    /// as they come (for long-running commands such as `flo consume --follow`).
+    pub fn spawn_flo(&self, args: &[&str]) -> anyhow::Result<FloProcess> {
+        let mut command = clean_command(&self.binaries.flo);
+        command.arg("--brokers").arg(self.brokers().join(",")).args(args);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().with_context(|| format!("starting flo {args:?}"))?;
+        let collect = |stream: Box<dyn std::io::Read + Send>| {
+            let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+            let sink = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().expect("line sink").push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().context("flo stdout")?));
+        let stderr = collect(Box::new(child.stderr.take().context("flo stderr")?));
+        Ok(FloProcess { child, stdout, stderr })
+    }
+
     /// Runs a one-off `flotilla` process with `args` (nothing added) until it exits, for
     /// misconfiguration tests; fails if it still runs after `timeout`.
     pub async fn run_flotilla(&self, args: &[String], timeout: Duration) -> anyhow::Result<Output> {
@@ -577,6 +601,50 @@ async fn status_of(address: &str) -> anyhow::Result<v1::StatusResponse> {
 
 /// A command for one of our binaries, without the caller's `FLOTILLA_*` variables (the server
 /// reads them as configuration) and with uncoloured logs.
+/// A `flo` process running in the background; SIGKILLed when dropped.
+#[derive(Debug)]
+pub struct FloProcess {
+    child: Child,
+    stdout: std::sync::Arc<Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl FloProcess {
+    /// The lines it printed to stdout so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("line sink").clone()
+    }
+
+    /// The lines it printed to stderr so far.
+    pub fn errors(&self) -> String {
+        self.stderr.lock().expect("line sink").join("\n")
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILLs it and reaps it.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("killing flo")?;
+        self.child.wait().context("reaping flo")?;
+        Ok(())
+    }
+
+    /// Whether it has exited, and how.
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+}
+
+impl Drop for FloProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn clean_command(program: &Path) -> Command {
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {

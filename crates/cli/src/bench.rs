@@ -1,7 +1,8 @@
 //! `flo bench`: load generators that measure what a client sees (throughput and per-request
 //! latency) against a running cluster. `produce` drives either raw produce calls (many
 //! batches in flight) or the SDK's [`Producer`]; `e2e` produces at a fixed rate while one
-//! long-poll consumer per partition tails the topic, and measures produce→consume latency.
+//! long-poll consumer per partition tails the topic, and measures produce→consume latency;
+//! `consume` (in `bench_consume.rs`) reads a backlog as one consumer-group member.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -48,6 +49,14 @@ pub enum BenchCommand {
     /// produce rate and the produce→consume latency (p50, p90, p99, p99.9, max). Exits with 1
     /// if a record failed or was not consumed.
     E2e(BenchE2eArgs),
+    /// Read a backlog as fast as one consumer-group member can.
+    ///
+    /// Fills the topic up to --records records (1 KiB, keyless) if it holds fewer, then joins
+    /// a fresh group (starting at the earliest record) through the SDK's `Consumer` — one
+    /// long-polling fetcher per partition, straight to the leaders — and reads --records
+    /// records. Prints records, seconds, msgs/s and MB/s (10^6 bytes of values per second)
+    /// from the first poll to the last record.
+    Consume(crate::bench_consume::BenchConsumeArgs),
 }
 
 /// Arguments of `flo bench produce`.
@@ -150,6 +159,7 @@ pub async fn run(client: &Client, output: Output, command: BenchCommand) -> anyh
         BenchCommand::Produce(args) if args.producer => bench_produce_with_producer(client, output, args).await,
         BenchCommand::Produce(args) => bench_produce(client, output, args).await,
         BenchCommand::E2e(args) => bench_e2e(client, output, args).await,
+        BenchCommand::Consume(args) => crate::bench_consume::run(client, output, args).await,
     }
 }
 
@@ -470,7 +480,12 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 
 /// Creates the topic unless it exists, waits (bounded) until every partition has a leader so
 /// the run measures steady state rather than elections, and returns its partition count.
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32, replication_factor: u32) -> anyhow::Result<u32> {
+pub(crate) async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    replication_factor: u32,
+) -> anyhow::Result<u32> {
     match client.create_topic(topic, partitions, replication_factor).await {
         Ok(created) => eprintln!(
             "created topic {topic}: partitions {}, replication factor {}",

@@ -1,12 +1,13 @@
 //! `flo consume`: prints records of a topic as they arrive, fetching every partition
-//! concurrently with long polls.
+//! concurrently with long polls; with `--group`, as a member of a consumer group that commits
+//! what it printed.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use flotilla_client::{Client, v1};
+use flotilla_client::{Client, Consumer, ConsumerConfig, ErrorCode, v1};
 use flotilla_types::{Offset, PartitionId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -32,8 +33,17 @@ pub struct ConsumeArgs {
     topic: String,
     /// Start every partition (or the one given by --partition) at its first retained record.
     /// Without it, only records produced from now on are printed.
-    #[arg(long, conflicts_with = "offset")]
+    #[arg(long, conflicts_with_all = ["offset", "group"])]
     from_beginning: bool,
+    /// Consume as a member of this consumer group: the group's members split the partitions,
+    /// each printed batch is committed, and a restarted member resumes after the last commit.
+    /// Partitions the group never committed start at their first retained record.
+    #[arg(short, long, conflicts_with_all = ["partition", "offset"])]
+    group: Option<String>,
+    /// With --group: the coordinator hands this member's partitions to the others after this
+    /// long without a heartbeat (killed process, lost network).
+    #[arg(long, value_name = "MS", default_value_t = 10_000, requires = "group")]
+    session_timeout_ms: u64,
     /// Read only this partition.
     #[arg(short, long)]
     partition: Option<PartitionId>,
@@ -61,13 +71,16 @@ struct Fetched {
 /// Prints records until --count records are printed, the idle timeout passes, or a fetch
 /// fails. Records of one partition print in offset order; partitions interleave.
 pub async fn run(client: &Client, output: Output, args: ConsumeArgs) -> anyhow::Result<()> {
-    let starts = start_offsets(client, &args).await?;
     let idle = match (args.follow, args.timeout_ms, args.count) {
         (true, _, _) => None,
         (false, Some(ms), _) => Some(Duration::from_millis(ms)),
         (false, None, Some(_)) => None,
         (false, None, None) => Some(Duration::from_millis(IDLE_TIMEOUT_DEFAULT_MS)),
     };
+    if let Some(group) = &args.group {
+        return run_group_member(client, output, &args, group, idle).await;
+    }
+    let starts = start_offsets(client, &args).await?;
     let (tx, mut rx) = mpsc::channel(BATCHES_AHEAD);
     // Dropping the set when this function returns aborts every fetch loop.
     let mut fetchers = JoinSet::new();
@@ -87,16 +100,101 @@ pub async fn run(client: &Client, output: Output, args: ConsumeArgs) -> anyhow::
         let Some(fetched) = next else { return Ok(()) };
         let fetched = fetched?;
         let mut text = String::new();
-        for record in &fetched.records {
+        for fetched_record in &fetched.records {
             if args.count.is_some_and(|count| printed >= count) {
                 break;
             }
-            format_record(&mut text, output, fetched.partition, record);
+            let record = fetched_record.record.clone().unwrap_or_default();
+            format_record(&mut text, output, fetched.partition, fetched_record.offset, &record);
             printed += 1;
         }
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(text.as_bytes())?;
         stdout.flush()?;
+        if args.count.is_some_and(|count| printed >= count) {
+            return Ok(());
+        }
+    }
+}
+
+/// `flo consume --group`: polls as a group member, prints, then commits what it printed, so
+/// a member killed between the two re-delivers only records after its last commit. Leaves the
+/// group on the way out (count reached, idle timeout, Ctrl-C) so its partitions move at once.
+async fn run_group_member(
+    client: &Client,
+    output: Output,
+    args: &ConsumeArgs,
+    group: &str,
+    idle: Option<Duration>,
+) -> anyhow::Result<()> {
+    let mut config = ConsumerConfig::new(group, vec![args.topic.clone()]);
+    config.client_id = format!("flo-{}", std::process::id());
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.fetch_max_records = FETCH_RECORDS_MAX;
+    config.fetch_max_bytes = FETCH_BYTES_MAX;
+    let consumer = Consumer::new(client.clone(), config);
+    let outcome = tokio::select! {
+        outcome = print_as_member(&consumer, output, args, idle) => outcome,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    let closed = consumer.close().await;
+    outcome?;
+    closed.with_context(|| format!("leaving group {group:?}"))
+}
+
+async fn print_as_member(
+    consumer: &Consumer,
+    output: Output,
+    args: &ConsumeArgs,
+    idle: Option<Duration>,
+) -> anyhow::Result<()> {
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    loop {
+        let wait = idle.map_or(Duration::from_secs(1), |idle| idle.saturating_sub(last_record.elapsed()));
+        let records = consumer.poll(wait).await?;
+        if records.is_empty() {
+            if idle.is_some_and(|idle| last_record.elapsed() >= idle) {
+                return Ok(());
+            }
+            continue;
+        }
+        last_record = Instant::now();
+        let mut text = String::new();
+        let mut unprinted: Vec<(PartitionId, Offset)> = Vec::new();
+        for consumed in &records {
+            if args.count.is_some_and(|count| printed >= count) {
+                // Hand these back: the commit below must cover printed records only.
+                if !unprinted.iter().any(|(p, _)| *p == consumed.partition) {
+                    unprinted.push((consumed.partition, consumed.offset));
+                }
+                continue;
+            }
+            let record = v1::Record {
+                key: consumed.key.clone(),
+                value: consumed.value.clone(),
+                headers: consumed.headers.clone(),
+                timestamp_ms: consumed.timestamp_ms,
+            };
+            format_record(&mut text, output, consumed.partition, consumed.offset, &record);
+            printed += 1;
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()?;
+        drop(stdout);
+        for (partition, offset) in unprinted {
+            consumer.seek(&args.topic, partition, offset)?;
+        }
+        match consumer.commit().await {
+            Ok(()) => {}
+            // Evicted (e.g. paused past the session timeout): the partitions went to other
+            // members, which re-deliver from the last commit; this one rejoins by itself.
+            Err(err) if err.code() == Some(ErrorCode::UnknownMember) => {
+                eprintln!("warning: {err}; the member rejoins the group");
+            }
+            Err(err) => return Err(err).context("committing printed records"),
+        }
         if args.count.is_some_and(|count| printed >= count) {
             return Ok(());
         }
@@ -174,13 +272,12 @@ fn check_contiguous(offset: Offset, records: Vec<v1::FetchedRecord>) -> anyhow::
 }
 
 /// Appends one record as a line: JSON, or `partition<TAB>offset<TAB>key<TAB>value`.
-fn format_record(text: &mut String, output: Output, partition: PartitionId, fetched: &v1::FetchedRecord) {
-    let record = fetched.record.clone().unwrap_or_default();
+fn format_record(text: &mut String, output: Output, partition: PartitionId, offset: Offset, record: &v1::Record) {
     match output {
         Output::Json => {
             let mut line = JsonLine::new()
                 .field("partition", partition)
-                .field("offset", fetched.offset)
+                .field("offset", offset)
                 .bytes("key", record.key.as_deref())
                 .bytes("value", Some(&record.value))
                 .field("timestamp", record.timestamp_ms);
@@ -198,11 +295,7 @@ fn format_record(text: &mut String, output: Output, partition: PartitionId, fetc
         }
         Output::Table => {
             let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            text.push_str(&format!(
-                "{partition}\t{}\t{key}\t{}",
-                fetched.offset,
-                String::from_utf8_lossy(&record.value)
-            ));
+            text.push_str(&format!("{partition}\t{offset}\t{key}\t{}", String::from_utf8_lossy(&record.value)));
         }
     }
     text.push('\n');
@@ -226,16 +319,20 @@ mod tests {
         }
     }
 
+    fn print(text: &mut String, output: Output, partition: PartitionId, fetched: &v1::FetchedRecord) {
+        format_record(text, output, partition, fetched.offset, fetched.record.as_ref().expect("record"));
+    }
+
     #[test]
     fn records_print_as_json_with_base64_for_binary_values() {
         let mut text = String::new();
-        format_record(&mut text, Output::Json, 2, &fetched(7, Some(b"k"), b"hello"));
-        format_record(&mut text, Output::Json, 2, &fetched(8, None, &[0xff, 0xfe]));
+        print(&mut text, Output::Json, 2, &fetched(7, Some(b"k"), b"hello"));
+        print(&mut text, Output::Json, 2, &fetched(8, None, &[0xff, 0xfe]));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], r#"{"partition":2,"offset":7,"key":"k","value":"hello","timestamp":1700}"#);
         assert_eq!(lines[1], r#"{"partition":2,"offset":8,"key":null,"value_base64":"//4=","timestamp":1700}"#);
         let mut table = String::new();
-        format_record(&mut table, Output::Table, 0, &fetched(3, None, b"v w"));
+        print(&mut table, Output::Table, 0, &fetched(3, None, b"v w"));
         assert_eq!(table, "0\t3\t\tv w\n");
     }
 

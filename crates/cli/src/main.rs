@@ -3,8 +3,10 @@
 //! errors, which clap reports itself).
 
 mod bench;
+mod bench_consume;
 mod cluster;
 mod consume;
+mod group;
 mod output;
 mod produce;
 mod topic;
@@ -95,7 +97,16 @@ enum Command {
     /// record has any. Keys and values are strings when they are valid UTF-8; otherwise they
     /// come as `key_base64` / `value_base64` (standard base64) instead. `key` is null for
     /// keyless records; `timestamp` is milliseconds since the Unix epoch.
+    ///
+    /// With --group, the process joins a consumer group: members split the partitions, each
+    /// printed batch is committed, and when a member dies the others take over its partitions
+    /// after its session timeout, resuming after its last commit.
     Consume(consume::ConsumeArgs),
+    /// List, describe (members, lag) and reset consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
     /// Measure throughput and latency against the cluster.
     Bench {
         #[command(subcommand)]
@@ -141,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic { command } => topic::run(&client, output, command).await,
         Command::Produce(args) => produce::run(&client, output, args).await,
         Command::Consume(args) => consume::run(&client, output, args).await,
+        Command::Group { command } => group::run(&client, output, command).await,
         Command::Bench { command } => bench::run(&client, output, command).await,
     }
 }

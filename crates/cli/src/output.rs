@@ -167,6 +167,40 @@ pub fn utc(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", of_day / 3600, (of_day / 60) % 60, of_day % 60)
 }
 
+/// Parses a UTC time as [`utc`] prints it (`YYYY-MM-DD HH:MM:SS UTC`), or RFC 3339 in UTC
+/// (`YYYY-MM-DDTHH:MM:SS[.fff]Z`), into milliseconds since the Unix epoch.
+pub fn parse_utc(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let text = text.strip_suffix(" UTC").or_else(|| text.strip_suffix('Z')).unwrap_or(text);
+    let (date, time) = text.split_once(['T', ' '])?;
+    let mut date_parts = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let (time, millis) = match time.split_once('.') {
+        Some((time, fraction))
+            if !fraction.is_empty() && fraction.len() <= 9 && fraction.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let padded = format!("{fraction:0<3}");
+            (time, padded[..3].parse::<i64>().ok()?)
+        }
+        Some(_) => return None,
+        None => (time, 0),
+    };
+    let mut time_parts = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (time_parts.next()??, time_parts.next()??, time_parts.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil, the inverse of the conversion in `utc`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
+}
+
 /// A count with thousands separators: 1234567 → "1,234,567".
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -236,5 +270,16 @@ mod tests {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn utc_times_parse_back() {
+        for ms in [0, 951_827_696_000, 1_767_225_599_000, 1_795_000_000_000] {
+            assert_eq!(parse_utc(&utc(ms)), Some(ms), "{}", utc(ms));
+        }
+        assert_eq!(parse_utc("2000-02-29T12:34:56.789Z"), Some(951_827_696_789));
+        assert_eq!(parse_utc("2000-02-29T12:34:56.5Z"), Some(951_827_696_500));
+        assert_eq!(parse_utc("2000-13-01T00:00:00Z"), None);
+        assert_eq!(parse_utc("yesterday"), None);
     }
 }

@@ -25,7 +25,7 @@ use crate::router::{Router, Target, request};
 /// A handle to a Flotilla cluster. Cheap to clone; clones share connections and metadata.
 #[derive(Clone)]
 pub struct Client {
-    router: Arc<Router>,
+    pub(crate) router: Arc<Router>,
     /// Round-robin cursor for keyless records of produce calls without a partition.
     keyless_cursor: Arc<AtomicU32>,
 }

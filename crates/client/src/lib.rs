@@ -13,7 +13,9 @@
 mod backoff;
 mod client;
 mod config;
+mod consumer;
 mod error;
+mod groups;
 mod idempotent_producer;
 mod metadata_cache;
 mod plan;
@@ -22,10 +24,12 @@ mod router;
 
 pub use client::Client;
 pub use config::ClientConfig;
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom, TopicPartition};
 pub use error::ClientError;
 pub use flotilla_proto::error::{LeaderHint, WireError};
 pub use flotilla_proto::net::{Connector, tcp_connector};
 pub use flotilla_proto::v1;
 pub use flotilla_types::ErrorCode;
+pub use groups::ResetTo;
 pub use idempotent_producer::IdempotentProducer;
 pub use producer::{Compression, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, ProducerStats};
