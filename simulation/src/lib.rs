@@ -155,6 +155,7 @@ pub fn run(options: SimOptions) -> anyhow::Result<Outcome> {
         brokers: (1..=options.nodes).map(cluster::client_address).collect(),
         connector: cluster::connector(),
         request_timeout: Duration::from_secs(3),
+        clients: Arc::default(),
     };
     let plan = options.workload.clone();
     {

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::scenarios::Scenario;
-use crate::workload::WorkloadPlan;
+use crate::workload::{GroupSpec, WorkloadPlan};
 
 /// One family of faults the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -152,7 +152,7 @@ impl SimOptions {
         // Its own stream, so adding an option elsewhere does not reshuffle the rest of the run.
         let mut rng = StdRng::seed_from_u64(seed ^ 0x6f70_7469_6f6e_7321);
         let nodes = if rng.random_bool(0.35) { 5 } else { 3 };
-        let topics = (0..rng.random_range(1..=3u32))
+        let topics: Vec<TopicSpec> = (0..rng.random_range(1..=3u32))
             .map(|i| TopicSpec { name: format!("sim-{i}"), partitions: rng.random_range(1..=4) })
             .collect();
         let mut faults = FaultKind::ALL.to_vec();
@@ -176,6 +176,10 @@ impl SimOptions {
         let batch_records = rng.random_range(1..=8);
         let produce_pause = Duration::from_millis(rng.random_range(5..=150));
         let abandon_chance = *[0.0, 0.01, 0.05].choose(&mut rng).expect("not empty");
+        let safety = Duration::from_secs(rng.random_range(30..=75));
+        let fault_max = fault_min + Duration::from_millis(rng.random_range(1_000..=8_000));
+        // Drawn after everything above, so seeds keep the rest of their shape.
+        let groups = groups(&mut rng, &topics);
         SimOptions {
             seed,
             nodes,
@@ -189,10 +193,11 @@ impl SimOptions {
                 batch_records,
                 produce_pause,
                 abandon_chance,
+                groups,
             },
-            safety: Duration::from_secs(rng.random_range(30..=75)),
+            safety,
             fault_min,
-            fault_max: fault_min + Duration::from_millis(rng.random_range(1_000..=8_000)),
+            fault_max,
             quiet_chance: 0.25,
             faults,
             bug: None,
@@ -224,6 +229,27 @@ impl SimOptions {
     }
 }
 
+/// Zero to two consumer groups over the seed's topics: each subscribes to a random non-empty
+/// subset of them, with one to three members and a session timeout of 2 to 6 s.
+fn groups(rng: &mut StdRng, topics: &[TopicSpec]) -> Vec<GroupSpec> {
+    (0..rng.random_range(0..=2u32))
+        .map(|i| {
+            let mut subscribed: Vec<String> =
+                topics.iter().filter(|_| rng.random_bool(0.6)).map(|t| t.name.clone()).collect();
+            if subscribed.is_empty() {
+                subscribed.push(topics.choose(rng).expect("a seed has topics").name.clone());
+            }
+            GroupSpec {
+                name: format!("sim-group-{i}"),
+                topics: subscribed,
+                members: rng.random_range(1..=3),
+                session_timeout: Duration::from_millis(rng.random_range(2_000..=6_000)),
+                churn: rng.random_bool(0.7),
+            }
+        })
+        .collect()
+}
+
 impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let workload = &self.workload;
@@ -247,6 +273,23 @@ impl fmt::Display for SimOptions {
             self.quiet_chance * 100.0,
             faults.join(",")
         )?;
+        if !workload.groups.is_empty() {
+            let groups: Vec<String> = workload
+                .groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{}:{}x{}/{}ms{}",
+                        g.name,
+                        g.topics.join("+"),
+                        g.members,
+                        g.session_timeout.as_millis(),
+                        if g.churn { "/churn" } else { "" }
+                    )
+                })
+                .collect();
+            write!(f, " groups=[{}]", groups.join(","))?;
+        }
         if let Some(scenario) = self.scenario {
             write!(f, " scenario={scenario:?}")?;
         }

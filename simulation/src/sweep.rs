@@ -35,6 +35,12 @@ pub struct SweepReport {
     pub acknowledged: usize,
     pub read: usize,
     pub consumed: usize,
+    pub group_delivered: usize,
+    pub group_commits_acknowledged: usize,
+    pub group_commits: usize,
+    pub group_reads: usize,
+    /// Seeds that ran consumer groups.
+    pub group_seeds: usize,
     pub violations: BTreeMap<String, usize>,
     /// Seeds that reached each coverage point.
     pub coverage_seeds: BTreeMap<String, usize>,
@@ -67,6 +73,11 @@ impl SweepReport {
         self.acknowledged += summary.report.acknowledged;
         self.read += summary.report.read;
         self.consumed += summary.report.consumed;
+        self.group_delivered += summary.report.group_delivered;
+        self.group_commits_acknowledged += summary.report.group_commits_acknowledged;
+        self.group_commits += summary.report.group_commits;
+        self.group_reads += summary.report.group_reads;
+        self.group_seeds += usize::from(summary.report.group_commits + summary.report.group_reads > 0);
         for (invariant, count) in &summary.report.violations_by_invariant {
             *self.violations.entry(invariant.clone()).or_default() += count;
         }
@@ -102,6 +113,15 @@ impl std::fmt::Display for SweepReport {
             self.acknowledged,
             self.read,
             self.consumed
+        )?;
+        writeln!(
+            f,
+            "consumer groups in {} seeds: {} records delivered to members, {} of {} commits acknowledged, {} reads of committed offsets checked",
+            self.group_seeds,
+            self.group_delivered,
+            self.group_commits_acknowledged,
+            self.group_commits,
+            self.group_reads
         )?;
         writeln!(f, "violations by invariant:")?;
         for name in crate::checker::invariant_names() {

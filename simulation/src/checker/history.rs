@@ -62,6 +62,77 @@ pub struct ReplicaDigest {
     pub digest: u64,
 }
 
+/// A member of a consumer group started consuming a partition (an ownership stint, as far as
+/// the member can tell): it was handed the partition and read its start position, or it
+/// resumed somewhere other than where it stood, which only a fresh hand-over explains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStint {
+    /// Unique in the run; [`GroupPoll::stint`] refers to it.
+    pub id: u64,
+    pub group: String,
+    /// The workload's name for the member (one per `Consumer`, never reused).
+    pub member: String,
+    pub partition: PartitionKey,
+    /// Where the member started: the group's committed offset, or 0 if nothing was committed.
+    pub start: u64,
+    /// The member read its start position after this point of the history ([`History::tick`]):
+    /// every commit acknowledged before it must be reflected in `start`.
+    pub read_after: u64,
+}
+
+/// Records one member of a consumer group received from one `poll`: a contiguous run of one
+/// partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPoll {
+    pub group: String,
+    pub member: String,
+    /// The stint the records belong to.
+    pub stint: u64,
+    pub partition: PartitionKey,
+    /// (offset, value) in the order received.
+    pub records: Vec<(u64, String)>,
+    /// When the poll returned ([`History::tick`]).
+    pub seq: u64,
+}
+
+/// How a commit of group offsets ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommitOutcome {
+    /// The server acknowledged it: every offset in it is committed.
+    Acknowledged,
+    /// An error, with its code if the server gave one. Not necessarily definite: a retried
+    /// call may have been applied by an earlier attempt.
+    Failed { code: Option<String>, error: String },
+}
+
+/// One `Consumer::commit` of a member: the positions it committed (every partition the member
+/// held; the SDK leaves out those already committed at that position).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCommit {
+    pub group: String,
+    pub member: String,
+    pub offsets: BTreeMap<PartitionKey, u64>,
+    /// [`History::tick`] before the call and after its answer.
+    pub sent: u64,
+    pub answered: u64,
+    pub outcome: CommitOutcome,
+}
+
+/// One successful read of a group's committed offsets (`Client::group_offsets`, answered by the
+/// coordinator after a linearizable read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffsetRead {
+    pub group: String,
+    /// [`History::tick`] before the call and after its answer.
+    pub started: u64,
+    pub ended: u64,
+    /// Run time of the start and the end, in milliseconds, for messages.
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    /// Committed offset per partition; a partition missing has nothing committed.
+    pub offsets: BTreeMap<PartitionKey, u64>,
+}
+
 /// Everything the clients observed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
@@ -98,9 +169,35 @@ pub struct History {
     /// its id). The final drain asks them for no digest or listing.
     #[serde(default)]
     pub retired_nodes: BTreeSet<NodeId>,
+    /// Consumer groups the workload ran, with the topics each subscribed to.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeSet<String>>,
+    /// Ownership stints of group members, in the order they were seen.
+    #[serde(default)]
+    pub group_stints: Vec<GroupStint>,
+    /// Records delivered to group members, one entry per `poll` that returned some.
+    #[serde(default)]
+    pub group_polls: Vec<GroupPoll>,
+    /// Commits of group offsets, in the order they were answered.
+    #[serde(default)]
+    pub group_commits: Vec<GroupCommit>,
+    /// Reads of committed group offsets, in the order they were answered.
+    #[serde(default)]
+    pub group_reads: Vec<GroupOffsetRead>,
+    /// The last value [`History::tick`] handed out.
+    #[serde(default)]
+    pub ticks: u64,
 }
 
 impl History {
+    /// The next point of the history's real-time order. Taken under the history's lock, so of
+    /// two ticks the smaller was taken first; an event that ended at tick `a` happened before
+    /// one that started at tick `b > a`.
+    pub fn tick(&mut self) -> u64 {
+        self.ticks += 1;
+        self.ticks
+    }
+
     /// Records a value that is about to be sent.
     pub fn attempt(&mut self, value: &str, idempotent: bool) {
         self.attempted.insert(value.to_string());

@@ -5,6 +5,7 @@
 
 mod duplicates;
 mod fetch_order;
+mod group_offsets;
 mod high_watermark;
 mod history;
 mod liveness;
@@ -20,7 +21,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use history::{Ack, Fetch, History, PartitionKey, ReplicaDigest};
+pub use history::{
+    Ack, CommitOutcome, Fetch, GroupCommit, GroupOffsetRead, GroupPoll, GroupStint, History, PartitionKey,
+    ReplicaDigest,
+};
 
 /// Most violation messages kept in a report; the count of all of them is kept separately.
 const VIOLATIONS_SHOWN_MAX: usize = 40;
@@ -42,6 +46,7 @@ const INVARIANTS: &[Invariant] = &[
     Invariant { name: high_watermark::NAME, check: high_watermark::check },
     Invariant { name: replica_divergence::NAME, check: replica_divergence::check },
     Invariant { name: topic_existence::NAME, check: topic_existence::check },
+    Invariant { name: group_offsets::NAME, check: group_offsets::check },
     Invariant { name: liveness::NAME, check: liveness::check },
 ];
 
@@ -83,6 +88,17 @@ pub struct Report {
     /// Values in the log more than once, all from non-idempotent attempts with an unknown
     /// outcome (allowed: produce without idempotence is at-least-once).
     pub ambiguous_duplicates: usize,
+    /// Records delivered to consumer-group members.
+    #[serde(default)]
+    pub group_delivered: usize,
+    /// Commits of group offsets acknowledged, and attempted.
+    #[serde(default)]
+    pub group_commits_acknowledged: usize,
+    #[serde(default)]
+    pub group_commits: usize,
+    /// Reads of committed group offsets.
+    #[serde(default)]
+    pub group_reads: usize,
     /// Violations per invariant; every invariant is listed, so a zero is a checked zero.
     pub violations_by_invariant: BTreeMap<String, usize>,
     /// The first violations, one sentence each, prefixed with the invariant's name.
@@ -133,6 +149,13 @@ impl fmt::Display for Report {
         if !broken.is_empty() {
             write!(f, " ({})", broken.join(", "))?;
         }
+        if self.group_commits > 0 || self.group_reads > 0 {
+            write!(
+                f,
+                "; groups: {} delivered, {} of {} commits acknowledged, {} offset reads",
+                self.group_delivered, self.group_commits_acknowledged, self.group_commits, self.group_reads
+            )?;
+        }
         for violation in &self.violations {
             write!(f, "\n  VIOLATION: {violation}")?;
         }
@@ -156,6 +179,8 @@ pub fn check(history: &History) -> Report {
     let (present, duplicated) = duplicates::ambiguous_figures(history);
     report.ambiguous_present = present;
     report.ambiguous_duplicates = duplicated;
+    (report.group_delivered, report.group_commits_acknowledged, report.group_commits, report.group_reads) =
+        group_offsets::figures(history);
     for invariant in INVARIANTS {
         let mut findings = Findings::default();
         (invariant.check)(history, &mut findings);

@@ -1,11 +1,13 @@
 //! The client workload, the same under the simulation and against real processes: create
-//! the topics, run producers and tailing consumers until the nemesis has healed every fault,
-//! require the healed cluster to acknowledge again within a bound, then drain every
+//! the topics, run producers, tailing consumers and consumer groups until the nemesis has
+//! healed every fault, require the healed cluster to acknowledge again (and every group to
+//! commit up to the log end) within a bound, then drain every
 //! partition from offset 0, collect every replica's digest and every node's topic listing.
 //! Everything the clients are told goes into the shared [`History`](crate::checker::History).
 
 mod consumer;
 mod drain;
+mod group_consumer;
 mod producer;
 
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use tonic::transport::Channel;
 use crate::checker::PartitionKey;
 use crate::options::TopicSpec;
 use crate::shared::Shared;
+
+pub use group_consumer::GroupSpec;
 
 /// What the workload does; the simulation derives it from the seed's options.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -44,6 +48,8 @@ pub struct WorkloadPlan {
     pub produce_pause: Duration,
     /// Chance that a producer abandons a request mid-flight (a client crash) and retries it.
     pub abandon_chance: f64,
+    /// Consumer groups, each with members sharing its topics' partitions and committing.
+    pub groups: Vec<GroupSpec>,
 }
 
 impl WorkloadPlan {
@@ -59,6 +65,11 @@ pub struct Environment {
     pub brokers: Vec<String>,
     pub connector: Connector,
     pub request_timeout: Duration,
+    /// Every client handed out, kept open until the last copy of the environment is dropped
+    /// (after the final drain). A client keeps its connections in a `HashMap`, so dropping
+    /// one closes them in an order that differs from process to process; in the simulation
+    /// that reorders network events and a seed no longer replays.
+    pub clients: Arc<parking_lot::Mutex<Vec<Client>>>,
 }
 
 impl Environment {
@@ -73,7 +84,9 @@ impl Environment {
             retries_max,
             ..ClientConfig::default()
         };
-        Ok(Client::connect_with(self.brokers.clone(), config, Arc::clone(&self.connector))?)
+        let client = Client::connect_with(self.brokers.clone(), config, Arc::clone(&self.connector))?;
+        self.clients.lock().push(client.clone());
+        Ok(client)
     }
 
     /// A channel to one node, for questions only that node can answer (its replica digests,
@@ -120,12 +133,28 @@ pub async fn run(plan: WorkloadPlan, env: Environment, shared: Arc<Shared>) -> a
         let consumer = consumer::Consumer::new(id, assigned, env.client(0)?, Arc::clone(&shared));
         consumers.push(tokio::spawn(consumer.run(Arc::clone(&consumers_stop))));
     }
+    let producers_done = Arc::new(AtomicBool::new(false));
+    let mut groups = Vec::new();
+    for (index, spec) in plan.groups.iter().enumerate() {
+        groups.push(tokio::spawn(group_consumer::run(
+            spec.clone(),
+            index as u32,
+            plan.seed,
+            env.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&producers_done),
+        )));
+    }
     for producer in producers {
         producer.await?;
     }
+    producers_done.store(true, Ordering::SeqCst);
     consumers_stop.store(true, Ordering::SeqCst);
     for consumer in consumers {
         consumer.await?;
+    }
+    for group in groups {
+        group.await??;
     }
 
     tokio::time::sleep(QUIET).await;

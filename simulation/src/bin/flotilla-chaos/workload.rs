@@ -37,12 +37,15 @@ pub fn plan(seed: u64, topic: &str, partitions: u32, replication_factor: u32, pr
         batch_records: BATCH_RECORDS,
         produce_pause: PRODUCE_PAUSE,
         abandon_chance: ABANDON_CHANCE,
+        // Consumer groups run in the simulation only: their recorded commits assume the
+        // single-threaded runtime of a simulated host (see workload/group_consumer.rs).
+        groups: Vec::new(),
     }
 }
 
 /// Real TCP to `brokers`.
 pub fn environment(brokers: Vec<String>) -> Environment {
-    Environment { brokers, connector: tcp_connector(), request_timeout: REQUEST_TIMEOUT }
+    Environment { brokers, connector: tcp_connector(), request_timeout: REQUEST_TIMEOUT, clients: Default::default() }
 }
 
 /// A client for the harness's own questions (topic layout), with the SDK's retries.
