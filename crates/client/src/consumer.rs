@@ -474,8 +474,8 @@ impl Shared {
     /// Takes in the coordinator's answer: starts fetching new partitions (from the committed
     /// offset), stops fetching revoked ones, drops ones taken away outright.
     async fn apply(&self, member_epoch: u64, assignment: Vec<v1::TopicPartitions>, revoking: Vec<v1::TopicPartitions>) {
-        let assigned = flatten(assignment);
-        let revoking = flatten(revoking);
+        let assigned = flotilla_proto::flatten_topics(assignment);
+        let revoking = flotilla_proto::flatten_topics(revoking);
         let new: Vec<TopicPartition> = {
             let mut state = self.state.lock();
             if let Some((_, epoch)) = state.member.as_mut() {
@@ -590,7 +590,7 @@ async fn run_membership(shared: Arc<Shared>) {
                     group: shared.config.group.clone(),
                     member_id,
                     member_epoch,
-                    owned: to_wire(&owned),
+                    owned: flotilla_proto::group_by_topic(&owned),
                 };
                 match shared.client.group_heartbeat(request).await {
                     Ok(reply) => {
@@ -635,19 +635,4 @@ fn owned_mut<'a>(
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
-}
-
-fn flatten(partitions: Vec<v1::TopicPartitions>) -> BTreeSet<TopicPartition> {
-    partitions.into_iter().flat_map(|tp| tp.partitions.into_iter().map(move |p| (tp.topic.clone(), p))).collect()
-}
-
-fn to_wire(partitions: &[TopicPartition]) -> Vec<v1::TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<PartitionId>> = BTreeMap::new();
-    for (topic, partition) in partitions {
-        by_topic.entry(topic).or_default().push(*partition);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| v1::TopicPartitions { topic: topic.to_string(), partitions })
-        .collect()
 }

@@ -20,6 +20,7 @@ pub mod raft {
 }
 
 mod convert;
+pub use convert::{flatten_topics, group_by_topic};
 pub mod error;
 pub mod net;
 

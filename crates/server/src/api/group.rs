@@ -11,8 +11,9 @@ use flotilla_proto::v1;
 use flotilla_proto::v1::fetch_service_server::FetchService;
 use flotilla_proto::v1::group_service_client::GroupServiceClient;
 use flotilla_proto::v1::group_service_server::GroupService;
+use flotilla_proto::{flatten_topics, group_by_topic};
 use flotilla_raft::openraft::ReadPolicy;
-use flotilla_types::{ErrorCode, PartitionId, validate_group_name, validate_topic_name};
+use flotilla_types::{ErrorCode, validate_group_name, validate_topic_name};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -118,8 +119,8 @@ impl GroupApi {
                         client_id: member.client_id.clone(),
                         member_epoch: member.epoch,
                         topics: member.topics.iter().cloned().collect(),
-                        assignment: to_wire(&view.assignment),
-                        revoking: to_wire(&view.revoking),
+                        assignment: group_by_topic(&view.assignment),
+                        revoking: group_by_topic(&view.revoking),
                         session_timeout_ms: member.session_timeout_ms,
                         last_heartbeat_ms_ago: sessions
                             .since_heartbeat(name, member.id)
@@ -258,22 +259,6 @@ fn heartbeat_interval_ms(session_timeout_ms: u32) -> u32 {
     (session_timeout_ms / 4).clamp(100, HEARTBEAT_INTERVAL_MAX_MS)
 }
 
-/// Partitions grouped by topic, for the wire.
-pub fn to_wire(partitions: &[TopicPartition]) -> Vec<v1::TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<PartitionId>> = BTreeMap::new();
-    for (topic, partition) in partitions {
-        by_topic.entry(topic).or_default().push(*partition);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| v1::TopicPartitions { topic: topic.to_string(), partitions })
-        .collect()
-}
-
-fn from_wire(partitions: Vec<v1::TopicPartitions>) -> BTreeSet<TopicPartition> {
-    partitions.into_iter().flat_map(|tp| tp.partitions.into_iter().map(move |p| (tp.topic.clone(), p))).collect()
-}
-
 fn summary(group: &ConsumerGroup) -> v1::GroupSummary {
     let state = if group.members.is_empty() {
         "EMPTY"
@@ -301,8 +286,8 @@ fn summary(group: &ConsumerGroup) -> v1::GroupSummary {
 fn member_reply(view: MemberView, heartbeat_interval_ms: u32) -> v1::HeartbeatResponse {
     v1::HeartbeatResponse {
         member_epoch: view.member_epoch,
-        assignment: to_wire(&view.assignment),
-        revoking: to_wire(&view.revoking),
+        assignment: group_by_topic(&view.assignment),
+        revoking: group_by_topic(&view.revoking),
         heartbeat_interval_ms,
     }
 }
@@ -357,7 +342,7 @@ impl GroupService for GroupApi {
         Ok(Response::new(v1::JoinGroupResponse {
             member_id: view.member_id,
             member_epoch: view.member_epoch,
-            assignment: to_wire(&view.assignment),
+            assignment: group_by_topic(&view.assignment),
             heartbeat_interval_ms: heartbeat_interval_ms(session_timeout_ms),
         }))
     }
@@ -373,7 +358,7 @@ impl GroupService for GroupApi {
             .at_coordinator(
                 was_forwarded,
                 || async {
-                    let owned = from_wire(request.owned.clone());
+                    let owned = flatten_topics(request.owned.clone());
                     let view = coordinator::heartbeat(&self.state, &request.group, request.member_id, owned).await?;
                     let session = self
                         .state
@@ -611,15 +596,6 @@ const _: () = assert!(SESSION_TIMEOUT_DEFAULT_MS >= 2 * HEARTBEAT_INTERVAL_MAX_M
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partitions_group_by_topic_on_the_wire_and_back() {
-        let list = vec![("a".to_string(), 0), ("b".to_string(), 2), ("a".to_string(), 3)];
-        let wire = to_wire(&list);
-        assert_eq!(wire.len(), 2);
-        assert_eq!(wire[0], v1::TopicPartitions { topic: "a".into(), partitions: vec![0, 3] });
-        assert_eq!(from_wire(wire), list.into_iter().collect());
-    }
 
     #[test]
     fn timeouts_default_and_name_the_range() {
