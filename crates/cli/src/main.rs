@@ -20,9 +20,6 @@ use flotilla_client::{Client, ClientConfig};
 
 use crate::output::Output;
 
-/// The local development cluster that `make cluster` starts.
-const DEFAULT_BROKERS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
-
 /// Command-line client for Flotilla, a Raft-replicated log and message queue.
 #[derive(Debug, Parser)]
 #[command(name = "flo", version, propagate_version = true)]
@@ -42,7 +39,7 @@ struct Global {
         long,
         env = "FLOTILLA_BROKERS",
         value_delimiter = ',',
-        default_value = DEFAULT_BROKERS,
+        default_value = flotilla_client::LOCAL_CLUSTER,
         global = true
     )]
     brokers: Vec<String>,

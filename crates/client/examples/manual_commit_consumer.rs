@@ -17,10 +17,7 @@ const GROUP: &str = "manual-commit-example";
 
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
-    let brokers = std::env::var("FLOTILLA_BROKERS")
-        .unwrap_or_else(|_| "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".to_string());
-    let brokers: Vec<String> = brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect();
-    let client = Client::connect(brokers, ClientConfig::default())?;
+    let client = Client::connect_from_env(ClientConfig::default())?;
 
     let mut config = ConsumerConfig::new(GROUP, vec![TOPIC.to_string()]);
     config.client_id = format!("example-{}", std::process::id());

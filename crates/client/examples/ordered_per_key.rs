@@ -33,10 +33,7 @@ enum Work {
 
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
-    let brokers = std::env::var("FLOTILLA_BROKERS")
-        .unwrap_or_else(|_| "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".to_string());
-    let brokers: Vec<String> = brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect();
-    let client = Client::connect(brokers, ClientConfig::default())?;
+    let client = Client::connect_from_env(ClientConfig::default())?;
     match client.create_topic(TOPIC, 4, 0).await {
         Ok(_) => {}
         Err(error) if error.code() == Some(ErrorCode::TopicExists) => {}

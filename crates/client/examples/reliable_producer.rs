@@ -14,10 +14,7 @@ const TOPIC: &str = "reliable-example";
 
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
-    let brokers = std::env::var("FLOTILLA_BROKERS")
-        .unwrap_or_else(|_| "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".to_string());
-    let brokers: Vec<String> = brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect();
-    let client = Client::connect(brokers, ClientConfig::default())?;
+    let client = Client::connect_from_env(ClientConfig::default())?;
     match client.create_topic(TOPIC, 3, 0).await {
         Ok(_) => println!("created topic {TOPIC}"),
         Err(error) if error.code() == Some(ErrorCode::TopicExists) => {}

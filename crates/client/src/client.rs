@@ -22,6 +22,9 @@ use crate::plan::{SubBatchOutcome, check_acks, reassemble, split};
 use crate::producer::{Producer, ProducerConfig};
 use crate::router::{Router, Target, request};
 
+/// The client addresses of the local development cluster that `make cluster` starts.
+pub const LOCAL_CLUSTER: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
 /// A handle to a Flotilla cluster. Cheap to clone; clones share connections and metadata.
 #[derive(Clone)]
 pub struct Client {
@@ -42,6 +45,14 @@ impl Client {
     /// malformed addresses.
     pub fn connect(brokers: Vec<String>, config: ClientConfig) -> Result<Client, ClientError> {
         Client::connect_with(brokers, config, tcp_connector())
+    }
+
+    /// A client for the brokers in the `FLOTILLA_BROKERS` environment variable
+    /// (`HOST:PORT,HOST:PORT,...`, as `flo` reads it), or the local development cluster
+    /// (`make cluster`: 127.0.0.1:7101-7103) when it is unset.
+    pub fn connect_from_env(config: ClientConfig) -> Result<Client, ClientError> {
+        let brokers = std::env::var("FLOTILLA_BROKERS").unwrap_or_else(|_| LOCAL_CLUSTER.to_string());
+        Client::connect(brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect(), config)
     }
 
     /// Like [`Client::connect`], opening connections through `connector` (the simulation

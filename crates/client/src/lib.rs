@@ -22,7 +22,7 @@ mod plan;
 pub mod producer;
 mod router;
 
-pub use client::Client;
+pub use client::{Client, LOCAL_CLUSTER};
 pub use config::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom, TopicPartition};
 pub use error::ClientError;
