@@ -13,6 +13,7 @@ mod meta;
 mod node;
 mod partitions;
 mod peers;
+mod proposal_order;
 
 pub use config::{FileConfig, NodeConfig, RocksFileConfig, parse_initial_cluster};
 pub use error::NodeError;

@@ -31,6 +31,8 @@ pub struct Replica {
     pub raft: PartitionRaft,
     pub reader: PartitionReader,
     pub watermarks: watch::Receiver<PartitionWatermarks>,
+    /// Keeps each idempotent producer's batches in sequence order on their way into Raft.
+    pub proposal_order: crate::proposal_order::ProposalOrder,
 }
 
 impl Replica {
@@ -198,7 +200,13 @@ impl Partitions {
         }
         tokio::spawn(report_leadership(node_id, group, raft.clone(), self.reports.clone()));
         tracing::info!(%group, "partition replica started");
-        Ok(Arc::new(Replica { group, raft, reader: PartitionReader::new(group, engine), watermarks }))
+        Ok(Arc::new(Replica {
+            group,
+            raft,
+            reader: PartitionReader::new(group, engine),
+            watermarks,
+            proposal_order: Default::default(),
+        }))
     }
 
     /// Stops the local replica of `group`, which the group's committed membership no longer

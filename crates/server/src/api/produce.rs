@@ -11,6 +11,8 @@ use flotilla_proto::v1::produce_service_client::ProduceServiceClient;
 use flotilla_proto::v1::produce_service_server::ProduceService;
 use flotilla_proto::v1::{InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, RecordAck};
 use flotilla_raft::ProposeError;
+use flotilla_raft::openraft::error::RaftError;
+use flotilla_raft::openraft::impls::ProgressResponder;
 use flotilla_types::{ErrorCode, PartitionId, Record, partition_for_key};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -197,11 +199,26 @@ async fn append(
         {
             let timestamp_ms = state.clock.now_ms();
             let records = records.clone();
-            let command = match producer {
-                None => PartitionCommand::Append { records, timestamp_ms },
-                Some(producer) => PartitionCommand::AppendIdempotent { records, timestamp_ms, producer },
+            let written = match producer {
+                None => replica.raft.client_write(PartitionCommand::Append { records, timestamp_ms }).await,
+                Some(producer) => {
+                    let count = records.len() as u64;
+                    let command = PartitionCommand::AppendIdempotent { records, timestamp_ms, producer };
+                    let (responder, outcome) = ProgressResponder::complete_only();
+                    let enqueue = || replica.raft.client_write_ff(command, Some(responder));
+                    match replica.proposal_order.propose_in_order(&producer, count, enqueue).await {
+                        Ok(()) => match outcome.await {
+                            Ok(result) => result.map_err(RaftError::APIError),
+                            Err(_) => Err(ApiError::new(
+                                ErrorCode::Unavailable,
+                                format!("{what}: the Raft group stopped before answering"),
+                            ))?,
+                        },
+                        Err(fatal) => Err(RaftError::Fatal(fatal)),
+                    }
+                }
             };
-            match replica.raft.client_write(command).await {
+            match written {
                 Ok(response) => return append_outcome(state, &what, response.data),
                 Err(err) => match flotilla_raft::endpoint_propose_error(err) {
                     // Lost leadership before appending: nothing was written, try again.
