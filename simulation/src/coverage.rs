@@ -41,6 +41,19 @@ pub const EXPECTED_POINTS: &[(&str, &str)] = &[
         "membership_change_during_fault",
         "a replica move was under way while the partition's leader crashed or a node was cut off",
     ),
+    (
+        "group_member_evicted",
+        "the group coordinator evicted a member past its session or rebalance timeout (node code)",
+    ),
+    ("group_member_rejoined", "a member still running after its eviction learned of it and joined again"),
+    ("group_commit_refused_unknown_member", "a commit by an evicted member was fenced (UNKNOWN_MEMBER)"),
+    ("group_commit_refused_stale_epoch", "a commit carrying an outdated member epoch was fenced (STALE_MEMBER_EPOCH)"),
+    ("group_hand_over_after_release", "a member released a revoked partition and another member took it up"),
+    (
+        "group_resumed_at_anothers_commit",
+        "a member took up a partition exactly at another member's acknowledged commit",
+    ),
+    ("group_record_redelivered", "a record was delivered again in its group after progress went uncommitted"),
 ];
 
 /// Points counted in this process.

@@ -157,7 +157,10 @@ pub fn run(options: SimOptions) -> anyhow::Result<Outcome> {
         request_timeout: Duration::from_secs(3),
         clients: Arc::default(),
     };
-    let plan = options.workload.clone();
+    let mut plan = options.workload.clone();
+    if options.bug == Some(Bug::GroupSkip) {
+        plan.groups.iter_mut().for_each(|group| group.skip_on_start = true);
+    }
     {
         let (shared, env) = (Arc::clone(&shared), env.clone());
         sim.client(CLIENT_HOST, async move { workload::run(plan, env, shared).await.map_err(Into::into) });

@@ -139,6 +139,9 @@ pub enum Bug {
     /// Every disk's `sync` reports success without making anything durable: acknowledge
     /// before fsync.
     SyncLies,
+    /// Consumer-group members skip the first record of every partition they are handed (a
+    /// consumer resuming one past the committed offset): records go unprocessed.
+    GroupSkip,
 }
 
 /// Serializes a duration as whole milliseconds.
@@ -245,6 +248,7 @@ fn groups(rng: &mut StdRng, topics: &[TopicSpec]) -> Vec<GroupSpec> {
                 members: rng.random_range(1..=3),
                 session_timeout: Duration::from_millis(rng.random_range(2_000..=6_000)),
                 churn: rng.random_bool(0.7),
+                skip_on_start: false,
             }
         })
         .collect()

@@ -1,6 +1,6 @@
 //! The simulation in `make test`: a fixed list of seeds through the random fault mix, the
-//! determinism meta-test, and proof that the checker catches a deliberately injected
-//! acknowledge-before-fsync bug within the same list.
+//! determinism meta-test, and proof that the checker catches deliberately injected bugs: an
+//! acknowledge-before-fsync within the same list, group members skipping records in one seed.
 
 mod support;
 
@@ -48,4 +48,17 @@ fn the_checker_catches_acknowledge_before_fsync_within_the_fixed_seeds() {
     let conflicts = run.stdout.lines().find(|l| l.trim_start().starts_with("offset conflict")).unwrap_or_default();
     let count = |line: &str| line.split_whitespace().last().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
     assert!(count(lost) + count(conflicts) > 0, "the violations name the lost data:\n{}", run.explain());
+}
+
+#[test]
+fn the_checker_catches_group_members_that_skip_records() {
+    // Seed 1 runs two consumer groups; with the bug every member skips the first record of
+    // each partition it is handed.
+    let run = simulate(&["--seed", "1", "--bug", "group-skip"]);
+    assert_eq!(run.code, Some(1), "skipped records are a safety violation:\n{}", run.explain());
+    assert!(
+        run.stdout.contains("VIOLATION: group offsets: "),
+        "the group offsets invariant names them:\n{}",
+        run.explain()
+    );
 }

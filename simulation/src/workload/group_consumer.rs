@@ -46,6 +46,9 @@ pub struct GroupSpec {
     pub session_timeout: Duration,
     /// Whether members are replaced now and then during the faults (closed or abandoned).
     pub churn: bool,
+    /// A deliberate bug ([`crate::options::Bug::GroupSkip`]): members seek one record past
+    /// where they start in a partition, to prove the checker sees skipped records.
+    pub skip_on_start: bool,
 }
 
 /// Retries of a member's client per call (joins, heartbeats, fetches, commits): a few, so a
@@ -286,6 +289,7 @@ impl Slot {
                 last_present: BTreeMap::new(),
                 commit_every: self.rng.random_range(1..=3),
                 uncommitted_polls: 0,
+                skip_on_start: self.spec.skip_on_start,
             };
             self.shared.note(format!("group {}: member {} starts", member.group, member.name));
             if member.run(lifetime, &self.stop).await == Ended::Stopped {
@@ -332,6 +336,8 @@ struct Member {
     /// Commit after this many polls that returned records.
     commit_every: u32,
     uncommitted_polls: u32,
+    /// See [`GroupSpec::skip_on_start`].
+    skip_on_start: bool,
 }
 
 impl Member {
@@ -430,6 +436,7 @@ impl Member {
                 if same_membership { "released" } else { "membership lost" }
             ));
         }
+        let mut started = Vec::new();
         for (partition, position) in &positions {
             let read_after = match self.tracked.get_mut(partition) {
                 Some(tracked) if tracked.position == *position => {
@@ -437,9 +444,20 @@ impl Member {
                     continue;
                 }
                 Some(tracked) => tracked.last_seen,
-                None => self.last_present.get(partition).copied().unwrap_or(self.created),
+                None => {
+                    started.push((partition, *position));
+                    self.last_present.get(partition).copied().unwrap_or(self.created)
+                }
             };
             self.start_stint(&mut history, partition, *position, read_after, seq);
+        }
+        drop(history);
+        if self.skip_on_start {
+            for (partition, position) in started {
+                // The deliberate bug, once per partition handed over: the next look sees the
+                // member stand one further.
+                let _ = self.consumer.seek(&partition.topic, partition.partition, position + 1);
+            }
         }
         positions
     }
