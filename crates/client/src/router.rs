@@ -2,7 +2,7 @@
 //! cluster metadata, and the retry loop that sends each request to the right node. Every API
 //! call (and later the producer and consumer) goes through [`Router::call`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -54,9 +54,10 @@ pub(crate) struct Router {
     seeds: Vec<String>,
     connector: Connector,
     settings: ChannelSettings,
-    /// One channel per address. Only looked up by key, never iterated, so a `HashMap` keeps
-    /// the client deterministic.
-    channels: Mutex<HashMap<String, Channel>>,
+    /// One channel per address. Ordered, like every map here: dropping a client drops (closes)
+    /// its channels in map order, and a `BTreeMap`'s order differs from process to process,
+    /// which made simulation runs of one seed diverge.
+    channels: Mutex<BTreeMap<String, Channel>>,
     cache: RwLock<MetadataCache>,
     /// Serialises metadata refreshes: when many requests learn at once that the cache is
     /// stale (a leader died), one refresh serves them all.
@@ -64,7 +65,7 @@ pub(crate) struct Router {
     /// Brokers that last failed at the transport level (no answer, refused connection), and
     /// when. A leader the client cannot reach — while its peers still can — is bypassed for a
     /// while: requests go to another broker, which forwards them.
-    unreachable: Mutex<HashMap<String, Instant>>,
+    unreachable: Mutex<BTreeMap<String, Instant>>,
     /// Index into the broker list of the broker unrouted requests currently go to. It moves
     /// on only when that broker fails, so a healthy client keeps one connection busy.
     any_cursor: AtomicUsize,
@@ -90,10 +91,10 @@ impl Router {
             seeds,
             connector,
             settings,
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(BTreeMap::new()),
             cache: RwLock::new(MetadataCache::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
-            unreachable: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(BTreeMap::new()),
             any_cursor: AtomicUsize::new(0),
         })
     }

@@ -1,6 +1,6 @@
 //! `GroupRegistry`: the groups this node hosts, by id, for routing incoming messages.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flotilla_types::GroupId;
@@ -11,7 +11,7 @@ use crate::GroupEndpoint;
 /// Local groups by id.
 #[derive(Default)]
 pub struct GroupRegistry {
-    groups: RwLock<HashMap<GroupId, Arc<dyn GroupEndpoint>>>,
+    groups: RwLock<BTreeMap<GroupId, Arc<dyn GroupEndpoint>>>,
 }
 
 impl std::fmt::Debug for GroupRegistry {

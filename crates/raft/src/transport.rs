@@ -8,7 +8,7 @@
 //! a lane of its own, and heartbeats and votes — which need no ordering with appends — go on
 //! a control lane that never waits behind a disk.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,7 +110,7 @@ pub struct Transport {
     node_id: NodeId,
     config: TransportConfig,
     connector: Connector,
-    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    peers: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -122,7 +122,7 @@ impl std::fmt::Debug for Transport {
 impl Transport {
     /// A transport for `node_id` that opens connections through `connector`.
     pub fn new(node_id: NodeId, config: TransportConfig, connector: Connector) -> Arc<Transport> {
-        Arc::new(Transport { node_id, config, connector, peers: Mutex::new(HashMap::new()) })
+        Arc::new(Transport { node_id, config, connector, peers: Mutex::new(BTreeMap::new()) })
     }
 
     /// This node's id.

@@ -1,7 +1,7 @@
 //! `Partitions`: the partition replicas this node hosts, kept in line with the catalogue's
 //! placement, and the reporter that tells the metadata group which replicas lead.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,7 +73,7 @@ impl Replica {
 pub struct Partitions {
     launcher: Arc<GroupLauncher>,
     raft_config: RaftConfig,
-    replicas: RwLock<HashMap<GroupId, Arc<Replica>>>,
+    replicas: RwLock<BTreeMap<GroupId, Arc<Replica>>>,
     /// Groups this process retired after a move: never started again.
     retired: parking_lot::Mutex<BTreeSet<GroupId>>,
     reports: mpsc::Sender<(GroupId, NodeId, u64)>,
@@ -89,7 +89,7 @@ impl Partitions {
         let partitions = Arc::new(Partitions {
             launcher,
             raft_config,
-            replicas: RwLock::new(HashMap::new()),
+            replicas: RwLock::new(BTreeMap::new()),
             retired: parking_lot::Mutex::new(BTreeSet::new()),
             reports,
         });

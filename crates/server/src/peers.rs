@@ -1,6 +1,6 @@
 //! `Peers`: cached gRPC channels to other nodes' client ports, for forwarding requests.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use flotilla_proto::net::{ChannelSettings, Connector, channel};
 use parking_lot::Mutex;
@@ -13,13 +13,13 @@ use flotilla_types::ErrorCode;
 pub struct Peers {
     connector: Connector,
     settings: ChannelSettings,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<BTreeMap<String, Channel>>,
 }
 
 impl Peers {
     /// Channels opened through `connector`.
     pub fn new(connector: Connector, settings: ChannelSettings) -> Self {
-        Peers { connector, settings, channels: Mutex::new(HashMap::new()) }
+        Peers { connector, settings, channels: Mutex::new(BTreeMap::new()) }
     }
 
     /// The channel to `address`, created lazily.

@@ -422,11 +422,9 @@ impl GroupService for GroupApi {
             }
         }
         let offsets: Vec<(TopicPartition, u64)> = offsets.into_iter().collect();
-        // Refuse early what the group will refuse anyway (cheaper than asking partition
-        // leaders); the apply checks again against the state it applies to.
-        if let Some(group) = self.state.meta.catalogue().groups.get(&request.group) {
-            group.check_commit(request.member_id, request.member_epoch, &offsets).map_err(group_error)?;
-        }
+        // No early check against this node's catalogue: it may lag the group (a member that
+        // joined a moment ago, an epoch it has not seen yet) and would refuse commits the group
+        // accepts. The apply judges against the state it applies to.
         self.check_within_log(&offsets).await?;
         let command = MetaCommand::CommitOffsets {
             group: request.group,
