@@ -47,7 +47,6 @@ pub const EXPECTED_POINTS: &[(&str, &str)] = &[
     ),
     ("group_member_rejoined", "a member still running after its eviction learned of it and joined again"),
     ("group_commit_refused_unknown_member", "a commit by an evicted member was fenced (UNKNOWN_MEMBER)"),
-    ("group_commit_refused_stale_epoch", "a commit carrying an outdated member epoch was fenced (STALE_MEMBER_EPOCH)"),
     ("group_hand_over_after_release", "a member released a revoked partition and another member took it up"),
     (
         "group_resumed_at_anothers_commit",
