@@ -340,3 +340,63 @@ async fn bad_group_calls_get_errors_naming_the_value() -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_consumer_seeks_pauses_resumes_and_auto_commits() -> anyhow::Result<()> {
+    use flotilla_client::{Consumer, ConsumerConfig, ConsumerRecord};
+
+    let cluster = Cluster::start(3).await?;
+    let client = cluster.client()?;
+    client.create_topic("s", 2, 3).await?;
+    for partition in 0..2 {
+        let records = (0..100).map(|i| record("k", format!("p{partition}-{i}"))).collect();
+        client.produce("s", Some(partition), records).await?;
+    }
+    let mut config = ConsumerConfig::new("sdk", vec!["s".to_string()]);
+    config.auto_commit = Some(Duration::from_millis(100));
+    let consumer = Consumer::new(client.clone(), config);
+    // Polls until `want` records arrived (or the wait runs out).
+    async fn collect(consumer: &Consumer, want: usize, wait: Duration) -> anyhow::Result<Vec<ConsumerRecord>> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while out.len() < want && Instant::now() < deadline {
+            out.extend(consumer.poll(Duration::from_millis(200)).await?);
+        }
+        Ok(out)
+    }
+    let offsets_of = |records: &[ConsumerRecord], partition: u32| -> Vec<u64> {
+        records.iter().filter(|r| r.partition == partition).map(|r| r.offset).collect()
+    };
+    let first = collect(&consumer, 200, WAIT).await?;
+    ensure!(first.len() == 200, "got {} of 200 records", first.len());
+    for partition in 0..2 {
+        ensure!(offsets_of(&first, partition) == (0..100).collect::<Vec<_>>(), "partition {partition} out of order");
+    }
+
+    // Seek back: the records from offset 50 come again.
+    consumer.seek("s", 0, 50)?;
+    let again = collect(&consumer, 50, WAIT).await?;
+    ensure!(offsets_of(&again, 0) == (50..100).collect::<Vec<_>>(), "after seek: {:?}", offsets_of(&again, 0));
+
+    // Paused partitions deliver nothing until resumed.
+    consumer.pause("s", 1)?;
+    for partition in 0..2 {
+        let records = (100..110).map(|i| record("k", format!("p{partition}-{i}"))).collect();
+        client.produce("s", Some(partition), records).await?;
+    }
+    let while_paused = collect(&consumer, 20, Duration::from_secs(3)).await?;
+    ensure!(offsets_of(&while_paused, 1).is_empty(), "a paused partition delivered {:?}", offsets_of(&while_paused, 1));
+    ensure!(offsets_of(&while_paused, 0) == (100..110).collect::<Vec<_>>(), "{:?}", offsets_of(&while_paused, 0));
+    consumer.resume("s", 1)?;
+    let resumed = collect(&consumer, 10, WAIT).await?;
+    ensure!(offsets_of(&resumed, 1) == (100..110).collect::<Vec<_>>(), "after resume: {:?}", offsets_of(&resumed, 1));
+
+    // Auto-commit commits what poll returned; close leaves the group.
+    consumer.close().await?;
+    let committed: BTreeMap<u32, u64> =
+        client.group_offsets("sdk").await?.into_iter().map(|c| (c.partition, c.offset)).collect();
+    ensure!(committed == BTreeMap::from([(0, 110), (1, 110)]), "committed {committed:?}");
+    let description = client.describe_group("sdk").await?;
+    ensure!(description.members.is_empty(), "the member left: {description:?}");
+    Ok(())
+}
