@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_metadata::{GroupReply, LeaveReason, MemberView, MetaCommand, TopicPartition};
-use flotilla_types::ErrorCode;
+use flotilla_metadata::{LeaveReason, MemberView, MetaCommand, TopicPartition};
 use tokio::time::Instant;
 
 use crate::api::{ApiError, METADATA_TIMEOUT, NodeState, group_error};
@@ -81,11 +80,7 @@ pub async fn heartbeat(
         member_id,
         still_owned: owned.into_iter().collect(),
     };
-    match state.meta.propose_group(command, METADATA_TIMEOUT).await? {
-        Ok(GroupReply::Member(view)) => Ok(view),
-        Ok(other) => Err(ApiError::new(ErrorCode::Internal, format!("a release was answered with {other:?}"))),
-        Err(err) => Err(group_error(err)),
-    }
+    state.meta.propose_member(command, METADATA_TIMEOUT).await
 }
 
 /// Evicts members that went silent or hold revoked partitions too long, while this node leads

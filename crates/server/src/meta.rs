@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_metadata::{
-    GroupError, GroupReply, MetaCommand, MetaConfig, MetaReply, MetaResponse, MetadataState, MetadataStateMachine,
+    GroupReply, MemberView, MetaCommand, MetaConfig, MetaReply, MetaResponse, MetadataState, MetadataStateMachine,
 };
 use flotilla_proto::raft::v1::propose_response;
 use flotilla_raft::openraft::Raft;
@@ -99,16 +99,24 @@ impl Meta {
         }
     }
 
-    /// Applies the consumer-group command `command` through the metadata leader. The outer
-    /// error is the proposal's (no leader, timeout); the inner one the group's verdict.
-    pub async fn propose_group(
-        &self,
-        command: MetaCommand,
-        timeout: Duration,
-    ) -> Result<Result<GroupReply, GroupError>, ApiError> {
+    /// Applies the consumer-group command `command` through the metadata leader; the group's
+    /// refusal comes back as its client-visible error.
+    pub async fn propose_group(&self, command: MetaCommand, timeout: Duration) -> Result<GroupReply, ApiError> {
         let what = command.to_string();
         match self.propose_reply(command, timeout).await? {
-            MetaReply::Group(outcome) => Ok(outcome),
+            MetaReply::Group(outcome) => outcome.map_err(crate::api::group_error),
+            other => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the metadata group answered group command \"{what}\" with {other:?}"),
+            )),
+        }
+    }
+
+    /// Applies a group command that answers with a member's state (join, release).
+    pub async fn propose_member(&self, command: MetaCommand, timeout: Duration) -> Result<MemberView, ApiError> {
+        let what = command.to_string();
+        match self.propose_group(command, timeout).await? {
+            GroupReply::Member(view) => Ok(view),
             other => Err(ApiError::new(
                 ErrorCode::Internal,
                 format!("the metadata group answered group command \"{what}\" with {other:?}"),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use flotilla_metadata::{ConsumerGroup, GroupError, GroupReply, LeaveReason, MemberView, MetaCommand, TopicPartition};
+use flotilla_metadata::{ConsumerGroup, GroupError, LeaveReason, MemberView, MetaCommand, TopicPartition};
 use flotilla_proto::v1;
 use flotilla_proto::v1::fetch_service_server::FetchService;
 use flotilla_proto::v1::group_service_client::GroupServiceClient;
@@ -292,10 +292,6 @@ fn member_reply(view: MemberView, heartbeat_interval_ms: u32) -> v1::HeartbeatRe
     }
 }
 
-fn unexpected(what: &str, reply: GroupReply) -> ApiError {
-    ApiError::new(ErrorCode::Internal, format!("the metadata group answered {what} with {reply:?}"))
-}
-
 #[tonic::async_trait]
 impl GroupService for GroupApi {
     async fn join_group(
@@ -334,11 +330,7 @@ impl GroupService for GroupApi {
             session_timeout_ms,
             rebalance_timeout_ms,
         };
-        let view = match self.state.meta.propose_group(command, METADATA_TIMEOUT).await? {
-            Ok(GroupReply::Member(view)) => view,
-            Ok(other) => return Err(unexpected("a join", other).into()),
-            Err(err) => return Err(group_error(err).into()),
-        };
+        let view = self.state.meta.propose_member(command, METADATA_TIMEOUT).await?;
         Ok(Response::new(v1::JoinGroupResponse {
             member_id: view.member_id,
             member_epoch: view.member_epoch,
@@ -387,10 +379,8 @@ impl GroupService for GroupApi {
         check_group_name(&request.group)?;
         let command =
             MetaCommand::LeaveGroup { group: request.group, member_id: request.member_id, reason: LeaveReason::Left };
-        match self.state.meta.propose_group(command, METADATA_TIMEOUT).await? {
-            Ok(_) => Ok(Response::new(v1::LeaveGroupResponse {})),
-            Err(err) => Err(group_error(err).into()),
-        }
+        self.state.meta.propose_group(command, METADATA_TIMEOUT).await?;
+        Ok(Response::new(v1::LeaveGroupResponse {}))
     }
 
     async fn commit_offsets(
@@ -433,10 +423,8 @@ impl GroupService for GroupApi {
             offsets,
             committed_at_ms: self.state.clock.now_ms(),
         };
-        match self.state.meta.propose_group(command, METADATA_TIMEOUT).await? {
-            Ok(_) => Ok(Response::new(v1::CommitOffsetsResponse {})),
-            Err(err) => Err(group_error(err).into()),
-        }
+        self.state.meta.propose_group(command, METADATA_TIMEOUT).await?;
+        Ok(Response::new(v1::CommitOffsetsResponse {}))
     }
 
     async fn fetch_offsets(
@@ -571,24 +559,21 @@ impl GroupService for GroupApi {
         }
         let at_ms = self.state.clock.now_ms();
         let command = MetaCommand::ResetOffsets { group: request.group, offsets: offsets.clone(), at_ms };
-        match self.state.meta.propose_group(command, METADATA_TIMEOUT).await? {
-            Ok(_) => Ok(Response::new(v1::ResetOffsetsResponse {
-                offsets: offsets
-                    .into_iter()
-                    .map(|((topic, partition), offset)| v1::CommittedPartitionOffset {
-                        topic,
-                        partition,
-                        offset,
-                        committed_at_ms: at_ms,
-                    })
-                    .collect(),
-            })),
-            Err(err) => Err(group_error(err).into()),
-        }
+        self.state.meta.propose_group(command, METADATA_TIMEOUT).await?;
+        let offsets = offsets
+            .into_iter()
+            .map(|((topic, partition), offset)| v1::CommittedPartitionOffset {
+                topic,
+                partition,
+                offset,
+                committed_at_ms: at_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::ResetOffsetsResponse { offsets }))
     }
 }
 
-/// Unused-duration guard: the session default must allow at least one missed heartbeat.
+/// The default session must outlast at least one missed heartbeat.
 const _: () = assert!(SESSION_TIMEOUT_DEFAULT_MS >= 2 * HEARTBEAT_INTERVAL_MAX_MS);
 
 #[cfg(test)]
