@@ -3,12 +3,13 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
-use flotilla_storage::{Direction, Engine, KeyValue, Space, StorageError, WriteBatch, WriteOp};
+use flotilla_storage::{Direction, Engine, EngineView, KeyValue, Space, StorageError, WriteBatch, WriteOp};
 use rocksdb::statistics::{StatsLevel, Ticker};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Options,
-    ReadOptions, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRawIterator,
+    DBRecoveryMode, Options, ReadOptions, WriteOptions,
 };
 
 use crate::RocksConfig;
@@ -19,7 +20,8 @@ use crate::RocksConfig;
 /// operating system before `write` returns (a `kill -9` loses nothing) and the disk only at
 /// the next [`Engine::sync`], which fsyncs the WAL once for every write before it.
 pub struct RocksEngine {
-    db: DB,
+    /// Shared with the views taken of it, which must not outlive the database.
+    db: Arc<DB>,
     /// The options the database was opened with; they own the statistics object that
     /// `bytes_written` reads.
     db_options: Options,
@@ -51,16 +53,118 @@ impl RocksEngine {
         // and what gives the prefix property after a power cut; never skip it.
         write_options.disable_wal(false);
 
-        Ok(RocksEngine { db, db_options, write_options })
+        Ok(RocksEngine { db: Arc::new(db), db_options, write_options })
     }
 
-    /// The column family of `space`. Every space's family is created at open, so a missing
-    /// one means the database was changed behind our back.
+    /// The column family of `space`.
     fn cf(&self, space: Space) -> Result<&ColumnFamily, StorageError> {
-        self.db.cf_handle(space.name()).ok_or_else(|| StorageError::Engine {
-            operation: "column family lookup",
-            message: format!("column family {:?} is missing", space.name()),
-        })
+        column_family(&self.db, space)
+    }
+}
+
+/// The column family of `space`. Every space's family is created at open, so a missing one
+/// means the database was changed behind our back.
+fn column_family(db: &DB, space: Space) -> Result<&ColumnFamily, StorageError> {
+    db.cf_handle(space.name()).ok_or_else(|| StorageError::Engine {
+        operation: "column family lookup",
+        message: format!("column family {:?} is missing", space.name()),
+    })
+}
+
+/// Read options bounded to `range`: the bounds let RocksDB stop at the range's edge inside its
+/// own iterators instead of stepping over (possibly range-deleted) keys beyond it.
+fn bounded(range: &Range<&[u8]>) -> ReadOptions {
+    let mut read_options = ReadOptions::default();
+    read_options.set_iterate_lower_bound(range.start);
+    read_options.set_iterate_upper_bound(range.end);
+    read_options
+}
+
+/// Collects at most `limit` pairs from a bounded iterator, in `direction` order.
+fn collect(mut iter: DBRawIterator<'_>, direction: Direction, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+    match direction {
+        Direction::Forward => iter.seek_to_first(),
+        Direction::Reverse => iter.seek_to_last(),
+    }
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some((key, value)) = iter.item() else {
+            break;
+        };
+        out.push((key.to_vec(), value.to_vec()));
+        match direction {
+            Direction::Forward => iter.next(),
+            Direction::Reverse => iter.prev(),
+        }
+    }
+    // An iterator that stops early because of an I/O error is merely invalid; without this
+    // check a failed read would look like the end of the range.
+    iter.status().map_err(engine_error("scan"))?;
+    Ok(out)
+}
+
+/// A RocksDB snapshot together with the database it reads, so it can outlive the call that
+/// took it (a snapshot transfer reads through it for seconds).
+struct RocksView {
+    // Fields drop in declaration order: the snapshot is released before the last handle on
+    // the database can go.
+    snapshot: rocksdb::SnapshotWithThreadMode<'static, DB>,
+    db: Arc<DB>,
+}
+
+impl RocksView {
+    #[allow(unsafe_code, reason = "rust-rocksdb ties a snapshot to a borrow of its DB; see SAFETY")]
+    fn new(db: Arc<DB>) -> RocksView {
+        let snapshot = db.snapshot();
+        // SAFETY: the snapshot borrows the `DB` behind the `Arc`, which lives on the heap and
+        // does not move when the `Arc` does. `RocksView` keeps a clone of that `Arc` and drops
+        // the snapshot first (field order), so the database outlives every use of the
+        // snapshot, which is all the borrow was there to guarantee.
+        let snapshot = unsafe {
+            std::mem::transmute::<rocksdb::SnapshotWithThreadMode<'_, DB>, rocksdb::SnapshotWithThreadMode<'static, DB>>(
+                snapshot,
+            )
+        };
+        RocksView { snapshot, db }
+    }
+}
+
+impl EngineView for RocksView {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.snapshot.get_cf(column_family(&self.db, space)?, key).map_err(engine_error("get"))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        range: Range<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        if range.start >= range.end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let iter = self.snapshot.raw_iterator_cf_opt(column_family(&self.db, space)?, bounded(&range));
+        collect(iter, direction, limit)
+    }
+}
+
+impl EngineView for RocksEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(space)?, key).map_err(engine_error("get"))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        range: Range<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        if range.start >= range.end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        collect(self.db.raw_iterator_cf_opt(self.cf(space)?, bounded(&range)), direction, limit)
     }
 }
 
@@ -92,46 +196,8 @@ impl Engine for RocksEngine {
         self.db.flush_wal(true).map_err(engine_error("sync"))
     }
 
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db.get_cf(self.cf(space)?, key).map_err(engine_error("get"))
-    }
-
-    fn scan(
-        &self,
-        space: Space,
-        range: Range<&[u8]>,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
-        if range.start >= range.end || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let cf = self.cf(space)?;
-        let mut read_options = ReadOptions::default();
-        // Bounds let RocksDB stop at the range's edge inside its own iterators instead of
-        // stepping over (possibly range-deleted) keys beyond it.
-        read_options.set_iterate_lower_bound(range.start);
-        read_options.set_iterate_upper_bound(range.end);
-        let mut iter = self.db.raw_iterator_cf_opt(cf, read_options);
-        match direction {
-            Direction::Forward => iter.seek_to_first(),
-            Direction::Reverse => iter.seek_to_last(),
-        }
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some((key, value)) = iter.item() else {
-                break;
-            };
-            out.push((key.to_vec(), value.to_vec()));
-            match direction {
-                Direction::Forward => iter.next(),
-                Direction::Reverse => iter.prev(),
-            }
-        }
-        // An iterator that stops early because of an I/O error is merely invalid; without
-        // this check a failed read would look like the end of the range.
-        iter.status().map_err(engine_error("scan"))?;
-        Ok(out)
+    fn view(&self) -> Arc<dyn EngineView> {
+        Arc::new(RocksView::new(Arc::clone(&self.db)))
     }
 
     fn sync_blocks(&self) -> bool {

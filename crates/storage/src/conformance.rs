@@ -14,6 +14,7 @@ pub fn run_all(factory: EngineFactory<'_>) {
     delete_range_is_half_open(factory().as_ref());
     scans_respect_bounds_direction_and_limit(factory().as_ref());
     sync_succeeds_on_a_healthy_engine(factory().as_ref());
+    views_see_exactly_the_writes_before_them(factory().as_ref());
 }
 
 fn put(engine: &dyn Engine, space: Space, key: &[u8], value: &[u8]) {
@@ -103,4 +104,34 @@ fn sync_succeeds_on_a_healthy_engine(engine: &dyn Engine) {
     put(engine, Space::Node, b"id", b"1");
     engine.sync().expect("sync on a healthy engine");
     assert_eq!(engine.get(Space::Node, b"id").expect("get"), Some(b"1".to_vec()), "readable after sync");
+}
+
+fn views_see_exactly_the_writes_before_them(engine: &dyn Engine) {
+    for index in 0..10u64 {
+        put(engine, Space::RaftLog, &group_key(4, &index.to_be_bytes()), b"before");
+    }
+    put(engine, Space::StateMachine, b"state", b"old");
+    let view = engine.view();
+    // After the view: an overwrite, a new key, a point delete and a range delete.
+    put(engine, Space::StateMachine, b"state", b"new");
+    put(engine, Space::StateMachine, b"later", b"x");
+    let mut batch = WriteBatch::new();
+    batch.delete(Space::RaftLog, group_key(4, &9u64.to_be_bytes()));
+    let range = group_range(4, b"", 0, 5);
+    batch.delete_range(Space::RaftLog, range.start, range.end);
+    engine.write(batch).expect("write");
+
+    assert_eq!(view.get(Space::StateMachine, b"state").expect("get"), Some(b"old".to_vec()), "view keeps old value");
+    assert_eq!(view.get(Space::StateMachine, b"later").expect("get"), None, "view misses later keys");
+    let all = group_range(4, b"", 0, u64::MAX);
+    let seen = view.scan(Space::RaftLog, &all.start[..]..&all.end[..], Direction::Forward, 100).expect("scan");
+    assert_eq!(seen.len(), 10, "the view still sees entries deleted after it was taken");
+    let reverse = view.scan(Space::RaftLog, &all.start[..]..&all.end[..], Direction::Reverse, 1).expect("scan");
+    assert_eq!(reverse[0].0, group_key(4, &9u64.to_be_bytes()), "reverse scans of a view");
+    // The engine itself moved on.
+    let now = engine.scan(Space::RaftLog, &all.start[..]..&all.end[..], Direction::Forward, 100).expect("scan");
+    assert_eq!(now.len(), 4, "entries 5..=8 remain");
+    assert_eq!(engine.get(Space::StateMachine, b"state").expect("get"), Some(b"new".to_vec()));
+    // A view taken now sees the new state.
+    assert_eq!(engine.view().get(Space::StateMachine, b"state").expect("get"), Some(b"new".to_vec()));
 }

@@ -1,7 +1,8 @@
-//! The `Engine` trait: an ordered key-value store with atomic batches and an explicit
-//! durability barrier, shared by all Raft groups of a node.
+//! The `Engine` trait: an ordered key-value store with atomic batches, an explicit
+//! durability barrier and point-in-time read views, shared by all Raft groups of a node.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::StorageError;
 
@@ -112,25 +113,18 @@ pub enum Direction {
     Reverse,
 }
 
-/// An ordered key-value store shared by every Raft group on a node.
+/// Reads of an engine. On the engine itself they see every write that returned; on a
+/// [view](Engine::view) they see the engine as it was when the view was taken: writes made
+/// after that are invisible to it. A snapshot transfer reads a partition through one while applies and
+/// retention go on, so the records it streams are exactly those of one applied position.
 ///
-/// Contract (checked by [`crate::conformance`]):
-/// - `write` is atomic and its effects are visible to reads as soon as it returns;
-/// - a write is durable only once a later `sync` has returned `Ok`; a crash keeps a prefix
-///   of the writes in the order they were made (never a later write without an earlier one);
-/// - `sync` covers every write that returned before it was called, from any thread, so one
-///   call can complete the appends of many groups (group commit).
-pub trait Engine: Send + Sync + 'static {
-    /// Applies `batch` atomically.
-    fn write(&self, batch: WriteBatch) -> Result<(), StorageError>;
-
-    /// Makes every write that returned before this call durable.
-    fn sync(&self) -> Result<(), StorageError>;
-
-    /// Reads one key.
+/// A view pins what it sees (RocksDB keeps the files holding data deleted since), so it is
+/// held only while a task needs it and then dropped.
+pub trait EngineView: Send + Sync + 'static {
+    /// Reads one key as of the view.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
-    /// Reads at most `limit` pairs with keys in `range`, in `direction` order.
+    /// Reads at most `limit` pairs with keys in `range`, in `direction` order, as of the view.
     fn scan(
         &self,
         space: Space,
@@ -138,6 +132,30 @@ pub trait Engine: Send + Sync + 'static {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError>;
+}
+
+/// An ordered key-value store shared by every Raft group on a node.
+///
+/// Contract (checked by [`crate::conformance`]):
+/// - `write` is atomic and its effects are visible to reads as soon as it returns;
+/// - a write is durable only once a later `sync` has returned `Ok`; a crash keeps a prefix
+///   of the writes in the order they were made (never a later write without an earlier one);
+/// - `sync` covers every write that returned before it was called, from any thread, so one
+///   call can complete the appends of many groups (group commit);
+/// - a [`view`](Engine::view) sees every write that returned before it was taken and none
+///   made after.
+///
+/// Reads (`get`, `scan`) come from [`EngineView`]: on the engine itself they see the latest
+/// writes, so code that only reads takes a `&dyn EngineView` and serves both.
+pub trait Engine: EngineView {
+    /// Applies `batch` atomically.
+    fn write(&self, batch: WriteBatch) -> Result<(), StorageError>;
+
+    /// Makes every write that returned before this call durable.
+    fn sync(&self) -> Result<(), StorageError>;
+
+    /// A point-in-time view of the whole engine.
+    fn view(&self) -> Arc<dyn EngineView>;
 
     /// Whether `sync` blocks the calling thread on real I/O. Callers then run it on a
     /// blocking thread; the in-memory engine says `false` so simulations stay on one thread.

@@ -11,7 +11,7 @@ mod syncer;
 
 pub mod conformance;
 
-pub use engine::{Direction, Engine, KeyValue, Space, WriteBatch, WriteOp};
+pub use engine::{Direction, Engine, EngineView, KeyValue, Space, WriteBatch, WriteOp};
 pub use error::StorageError;
 pub use keys::{group_key, group_prefix_range, group_range, split_group_key};
 pub use memory::{MemoryEngine, MemoryFaults};

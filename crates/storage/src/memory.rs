@@ -4,12 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::{Direction, Engine, KeyValue, Space, StorageError, WriteBatch, WriteOp};
+use crate::{Direction, Engine, EngineView, KeyValue, Space, StorageError, WriteBatch, WriteOp};
 
-type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
+/// A persistent ordered map: cloning it (a view, the durable image after a crash) is O(1) and
+/// later writes copy only the paths they change, so views cost next to nothing even while
+/// the engine keeps writing.
+type Tree = imbl::OrdMap<Vec<u8>, Vec<u8>>;
+type Trees = BTreeMap<Space, Tree>;
 
 /// Fault switches for simulations and tests. All off by default.
 #[derive(Debug, Clone, Default)]
@@ -28,9 +33,9 @@ pub struct MemoryFaults {
 #[derive(Debug, Default)]
 struct Inner {
     /// What reads see: durable plus pending writes.
-    visible: BTreeMap<Space, Tree>,
+    visible: Trees,
     /// What survives a crash.
-    durable: BTreeMap<Space, Tree>,
+    durable: Trees,
     /// Batches written since the last sync, oldest first.
     pending: Vec<WriteBatch>,
     faults: MemoryFaults,
@@ -85,7 +90,7 @@ impl MemoryEngine {
     }
 }
 
-fn apply(trees: &mut BTreeMap<Space, Tree>, batch: WriteBatch) {
+fn apply(trees: &mut Trees, batch: WriteBatch) {
     for op in batch.into_ops() {
         match op {
             WriteOp::Put { space, key, value } => {
@@ -108,6 +113,59 @@ fn apply(trees: &mut BTreeMap<Space, Tree>, batch: WriteBatch) {
                 }
             }
         }
+    }
+}
+
+/// Reads `range` of `tree` the way [`Engine::scan`] does.
+fn scan_tree(tree: Option<&Tree>, range: Range<&[u8]>, direction: Direction, limit: usize) -> Vec<KeyValue> {
+    let Some(tree) = tree else { return Vec::new() };
+    if range.start >= range.end {
+        return Vec::new();
+    }
+    let bounds = (std::ops::Bound::Included(range.start.to_vec()), std::ops::Bound::Excluded(range.end.to_vec()));
+    let iter = tree.range::<_, Vec<u8>>(bounds).map(|(k, v)| (k.clone(), v.clone()));
+    match direction {
+        Direction::Forward => iter.take(limit).collect(),
+        Direction::Reverse => iter.rev().take(limit).collect(),
+    }
+}
+
+/// A view of a [`MemoryEngine`]: the trees as they were.
+struct MemoryView {
+    trees: Trees,
+}
+
+impl EngineView for MemoryView {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.trees.get(&space).and_then(|tree| tree.get(key).cloned()))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        range: Range<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        Ok(scan_tree(self.trees.get(&space), range, direction, limit))
+    }
+}
+
+impl EngineView for MemoryEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let inner = self.inner.lock();
+        Ok(inner.visible.get(&space).and_then(|tree| tree.get(key).cloned()))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        range: Range<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let inner = self.inner.lock();
+        Ok(scan_tree(inner.visible.get(&space), range, direction, limit))
     }
 }
 
@@ -139,31 +197,8 @@ impl Engine for MemoryEngine {
         self.inner.lock().faults.sync_latency
     }
 
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let inner = self.inner.lock();
-        Ok(inner.visible.get(&space).and_then(|tree| tree.get(key).cloned()))
-    }
-
-    fn scan(
-        &self,
-        space: Space,
-        range: Range<&[u8]>,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
-        let inner = self.inner.lock();
-        let Some(tree) = inner.visible.get(&space) else {
-            return Ok(Vec::new());
-        };
-        if range.start >= range.end {
-            return Ok(Vec::new());
-        }
-        let bounds = (std::ops::Bound::Included(range.start.to_vec()), std::ops::Bound::Excluded(range.end.to_vec()));
-        let iter = tree.range::<Vec<u8>, _>(bounds).map(|(k, v)| (k.clone(), v.clone()));
-        Ok(match direction {
-            Direction::Forward => iter.take(limit).collect(),
-            Direction::Reverse => iter.rev().take(limit).collect(),
-        })
+    fn view(&self) -> Arc<dyn EngineView> {
+        Arc::new(MemoryView { trees: self.inner.lock().visible.clone() })
     }
 
     fn sync_blocks(&self) -> bool {

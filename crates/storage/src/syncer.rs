@@ -102,7 +102,7 @@ async fn run(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<SyncCallback>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MemoryEngine, Space, WriteBatch};
+    use crate::{EngineView, MemoryEngine, Space, WriteBatch};
 
     #[tokio::test]
     async fn one_sync_completes_every_queued_writer() {
