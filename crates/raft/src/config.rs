@@ -29,6 +29,10 @@ pub struct RaftConfig {
     pub metadata_logs_kept_after_snapshot: u64,
     /// Most entries per append message.
     pub append_entries_max: u64,
+    /// About the most bytes of entries per append message (at least one entry is sent). Keeps
+    /// every append far below the transport's 64 MiB message limit, so a follower any distance
+    /// behind catches up in steps of this size; also the size of the pieces apply reads.
+    pub append_bytes_max: usize,
 }
 
 impl Default for RaftConfig {
@@ -43,6 +47,7 @@ impl Default for RaftConfig {
             metadata_snapshot_every_entries: 10_000,
             metadata_logs_kept_after_snapshot: 1000,
             append_entries_max: 1024,
+            append_bytes_max: 1024 * 1024,
         }
     }
 }
@@ -75,9 +80,13 @@ impl RaftConfig {
             enable_pre_vote: Some(true),
             enable_leader_restore: Some(false),
             max_payload_entries: self.append_entries_max,
-            // The partition log is the record store: openraft never compacts it into a
-            // snapshot; retention removes records (and only retention).
+            // The partition log is the record store: openraft never compacts it on its own
+            // schedule. After retention trims records, the node asks for a snapshot (which costs
+            // nothing: a partition's snapshot is its live state, read when a transfer starts)
+            // and purges the log below the first retained record (`server/src/compactor.rs`).
             snapshot_policy: openraft::SnapshotPolicy::Never,
+            // No purge of its own after a snapshot: only up to what retention removed.
+            max_in_snapshot_log_to_keep: u64::MAX,
             ..Default::default()
         };
         validate(config, group)

@@ -1,9 +1,12 @@
 //! `GroupEndpoint`: the receiving side of one local group, type-erased so one registry and
 //! one gRPC service can route messages to groups of different applications.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use flotilla_proto::raft::v1::MessageKind;
-use flotilla_types::NodeId;
+use flotilla_proto::raft::v1::{MessageKind, SnapshotChunkRequest};
+use flotilla_storage::Engine;
+use flotilla_types::{GroupId, NodeId};
 use futures::future::BoxFuture;
 use openraft::Raft;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
@@ -12,7 +15,8 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::storage::RaftStateMachine;
 use serde::{Deserialize, Serialize};
 
-use crate::{GroupConfig, NodeInfo, decode, encode};
+use crate::snapshot::staging::{Received, Receiving, Staging};
+use crate::{GroupConfig, GroupSnapshot, NodeInfo, decode, encode};
 
 /// Why a proposal was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -38,22 +42,28 @@ pub trait GroupEndpoint: Send + Sync + 'static {
     /// Handles one Raft message; the reply is the encoded openraft response.
     fn handle(&self, kind: MessageKind, payload: Bytes) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 
-    /// Installs a whole snapshot received from the leader.
-    fn install_snapshot(&self, header: Bytes, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+    /// Takes one chunk of a snapshot the leader sends; the last one installs it and answers
+    /// with the encoded openraft response.
+    fn snapshot_chunk(&self, chunk: SnapshotChunkRequest) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 
     /// Proposes an encoded command; the reply is the encoded application response.
     fn propose(&self, command: Bytes) -> BoxFuture<'static, Result<Vec<u8>, ProposeError>>;
 }
 
 /// [`GroupEndpoint`] over an openraft handle.
-pub struct RaftEndpoint<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> {
+pub struct RaftEndpoint<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = GroupSnapshot>> {
     raft: Raft<C, SM>,
+    group: GroupId,
+    engine: Arc<dyn Engine>,
+    /// The snapshot transfer being received. Held across a whole chunk, install included, so
+    /// a new transfer's first chunk cannot clear the staging area an install is reading.
+    receiving: Arc<tokio::sync::Mutex<Receiving>>,
 }
 
-impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> RaftEndpoint<C, SM> {
-    /// Wraps `raft`.
-    pub fn new(raft: Raft<C, SM>) -> Self {
-        RaftEndpoint { raft }
+impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = GroupSnapshot>> RaftEndpoint<C, SM> {
+    /// Wraps `raft`, the group `group` whose snapshots are staged in `engine`.
+    pub fn new(raft: Raft<C, SM>, group: GroupId, engine: Arc<dyn Engine>) -> Self {
+        RaftEndpoint { raft, group, engine, receiving: Default::default() }
     }
 }
 
@@ -80,7 +90,7 @@ pub fn propose_error<C: GroupConfig>(err: RaftError<C, ClientWriteError<C>>) -> 
     }
 }
 
-impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpoint for RaftEndpoint<C, SM> {
+impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = GroupSnapshot>> GroupEndpoint for RaftEndpoint<C, SM> {
     fn handle(&self, kind: MessageKind, payload: Bytes) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft.clone();
         Box::pin(async move {
@@ -110,13 +120,25 @@ impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>> GroupEndpo
         })
     }
 
-    fn install_snapshot(&self, header: Bytes, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    fn snapshot_chunk(&self, chunk: SnapshotChunkRequest) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft.clone();
+        let group = self.group;
+        let staging = Staging::new(group, Arc::clone(&self.engine));
+        let receiving = Arc::clone(&self.receiving);
         Box::pin(async move {
+            let mut receiving = receiving.lock().await;
+            let received =
+                receiving.chunk(&staging, chunk.transfer_id, chunk.seq, &chunk.header, &chunk.data, chunk.done)?;
+            let Received::Done { header, chunks } = received else { return Ok(Vec::new()) };
             let (vote, meta): (VoteOf<C>, SnapshotMetaOf<C>) = decode(&header).map_err(|e| e.to_string())?;
-            let snapshot = SnapshotOf::<C, Vec<u8>> { meta, snapshot: data };
-            let response = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
-            Ok(encode(&response))
+            let snapshot = SnapshotOf::<C, GroupSnapshot> { meta, snapshot: GroupSnapshot::staged(chunks) };
+            let response = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
+            // openraft skips an install that is not newer than what this node has committed
+            // (and refuses a stale leader's): whatever it left staged is of no use.
+            if let Err(err) = staging.clear() {
+                tracing::warn!(%group, error = %err, "clearing a staged snapshot");
+            }
+            Ok(encode(&response?))
         })
     }
 

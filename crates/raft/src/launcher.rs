@@ -58,15 +58,16 @@ impl GroupLauncher {
         app: Arc<parking_lot::Mutex<A>>,
         purge_mode: PurgeMode,
         config: Arc<openraft::Config>,
+        read_budget_bytes: usize,
     ) -> Result<Raft<C, StateMachineStore<C, A>>, RaftGlueError> {
         let failed = |message: String| RaftGlueError::Start { group, message };
         let store = StateMachineStore::open(group, Arc::clone(&self.engine), app).map_err(|e| failed(e.to_string()))?;
-        let log = LogStore::new(group, Arc::clone(&self.engine), self.syncer.clone(), purge_mode);
+        let log = LogStore::new(group, Arc::clone(&self.engine), self.syncer.clone(), purge_mode, read_budget_bytes);
         let network = GroupNetworkFactory::new(group, Arc::clone(&self.transport));
         let raft = scoped(group_seed(self.seed, group), Raft::new(self.node_id, config, network, log, store))
             .await
             .map_err(|e| failed(e.to_string()))?;
-        self.registry.insert(group, Arc::new(RaftEndpoint::new(raft.clone())));
+        self.registry.insert(group, Arc::new(RaftEndpoint::new(raft.clone(), group, Arc::clone(&self.engine))));
         Ok(raft)
     }
 }

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_proto::raft::v1::MessageKind;
+use flotilla_proto::raft::v1::{MessageKind, SnapshotChunkRequest};
 use flotilla_types::{GroupId, NodeId};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -23,10 +23,19 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 
 use crate::transport::{Lane, SendError};
-use crate::{GroupConfig, NodeInfo, Transport, decode, encode};
+use crate::{GroupConfig, GroupSnapshot, NodeInfo, Transport, decode, encode};
 
 /// Appends of one group to one follower that may be in flight at once.
 const APPEND_PIPELINE_DEPTH: usize = 8;
+
+/// Time one snapshot chunk (about 1 MiB) may take to reach the follower and be staged. A
+/// follower that cannot stage a chunk in this long is stalled; the transfer fails and openraft
+/// starts another later.
+const SNAPSHOT_CHUNK_DEADLINE: Duration = Duration::from_secs(10);
+/// The last chunk installs the snapshot (restoring every staged chunk), which takes time in
+/// proportion to its size: this long at least, plus [`SNAPSHOT_INSTALL_PER_MIB`] per MiB sent.
+const SNAPSHOT_INSTALL_DEADLINE_MIN: Duration = Duration::from_secs(30);
+const SNAPSHOT_INSTALL_PER_MIB: Duration = Duration::from_millis(100);
 
 /// Least time an append carrying entries gets. openraft's TTL for the replication stream is
 /// the heartbeat interval (150 ms); an append also waits for the follower's fsync and its
@@ -118,7 +127,7 @@ impl<C: GroupConfig> GroupClient<C> {
 }
 
 impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = GroupSnapshot;
 
     async fn append_entries(
         &mut self,
@@ -192,25 +201,64 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<C>,
-        snapshot: SnapshotOf<C, Vec<u8>>,
+        snapshot: SnapshotOf<C, GroupSnapshot>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        // openraft's `install_snapshot_timeout` (the option's TTL) would bound the whole
+        // transfer; each chunk gets a deadline of its own instead (see the constants above).
+        fn unreachable<C: GroupConfig>(err: impl std::error::Error + 'static) -> StreamingError<C> {
+            StreamingError::Unreachable(Unreachable::new(&err))
+        }
         let header = encode(&(vote, snapshot.meta));
-        let send = self.transport.send_snapshot(
-            self.target,
-            &self.address,
-            self.group,
-            header,
-            &snapshot.snapshot,
-            option.hard_ttl(),
-        );
-        tokio::select! {
-            closed = cancel => Err(StreamingError::Closed(closed)),
-            reply = send => {
-                let reply = reply.map_err(|err| StreamingError::Unreachable(Unreachable::new(&err)))?;
-                decode(&reply).map_err(|err| StreamingError::Unreachable(Unreachable::new(&err)))
+        let mut data = snapshot.snapshot;
+        let transfer_id = self.transport.next_transfer_id();
+        let mut cancel = std::pin::pin!(cancel);
+        let mut seq = 0u64;
+        let mut sent_bytes = 0usize;
+        loop {
+            let chunk = if data.blocks() {
+                let (back, chunk) = tokio::task::spawn_blocking(move || {
+                    let chunk = data.next_chunk();
+                    (data, chunk)
+                })
+                .await
+                .map_err(unreachable::<C>)?;
+                data = back;
+                chunk
+            } else {
+                data.next_chunk()
             }
+            .map_err(unreachable::<C>)?;
+            let done = chunk.is_none();
+            let body = chunk.unwrap_or_default();
+            sent_bytes += body.len();
+            let request = SnapshotChunkRequest {
+                from_node: self.transport.node_id(),
+                to_node: self.target,
+                group_id: self.group.0,
+                transfer_id,
+                seq,
+                header: if seq == 0 { header.clone().into() } else { Default::default() },
+                data: body.into(),
+                done,
+            };
+            let deadline = if done {
+                let mib = u32::try_from(sent_bytes >> 20).unwrap_or(u32::MAX);
+                SNAPSHOT_INSTALL_DEADLINE_MIN + SNAPSHOT_INSTALL_PER_MIB * mib
+            } else {
+                SNAPSHOT_CHUNK_DEADLINE
+            };
+            let reply = tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                reply = self.transport.snapshot_chunk(self.target, &self.address, request, deadline) => reply,
+            };
+            let reply = reply.map_err(unreachable::<C>)?;
+            if done {
+                flotilla_types::coverage!("snapshot_sent");
+                return decode(&reply).map_err(unreachable::<C>);
+            }
+            seq += 1;
         }
     }
 

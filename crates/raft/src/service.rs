@@ -6,16 +6,13 @@ use std::sync::Arc;
 
 use flotilla_proto::raft::v1::{
     BatchRequest, BatchResponse, GroupReply, IntroduceRequest, IntroduceResponse, MessageKind, ProposeRequest,
-    ProposeResponse, SnapshotChunk, SnapshotReply, group_reply, propose_response, raft_transport_server::RaftTransport,
+    ProposeResponse, SnapshotChunkReply, SnapshotChunkRequest, group_reply, propose_response,
+    raft_transport_server::RaftTransport,
 };
 use flotilla_types::{GroupId, NodeId};
-use futures::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::{GroupRegistry, ProposeError, encode};
-
-/// Largest snapshot accepted, in bytes. Bounds memory against a corrupt or hostile stream.
-const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024;
 
 /// This node's answer to a peer asking "does your catalogue list node N?" (the `Introduce`
 /// RPC). The application decides what its catalogue is; this crate only carries the answer.
@@ -101,35 +98,19 @@ impl RaftTransport for RaftTransportService {
         Ok(Response::new(BatchResponse { replies }))
     }
 
-    async fn install_snapshot(
+    async fn snapshot_chunk(
         &self,
-        request: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<SnapshotReply>, Status> {
-        let mut chunks = request.into_inner();
-        let mut header = None;
-        let mut group = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            self.check_target(chunk.to_node)?;
-            if header.is_none() {
-                header = Some(chunk.header.clone());
-                group = Some(GroupId(chunk.group_id));
-            }
-            if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
-                return Err(Status::resource_exhausted(format!("snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes")));
-            }
-            data.extend_from_slice(&chunk.data);
-        }
-        let (Some(header), Some(group)) = (header, group) else {
-            return Err(Status::invalid_argument("empty snapshot stream"));
-        };
+        request: Request<SnapshotChunkRequest>,
+    ) -> Result<Response<SnapshotChunkReply>, Status> {
+        let chunk = request.into_inner();
+        self.check_target(chunk.to_node)?;
+        let group = GroupId(chunk.group_id);
         let endpoint = self
             .registry
             .get(group)
             .ok_or_else(|| Status::not_found(format!("group {group} is not hosted on this node")))?;
-        let payload = endpoint.install_snapshot(header, data).await.map_err(Status::internal)?;
-        Ok(Response::new(SnapshotReply { payload: payload.into() }))
+        let payload = endpoint.snapshot_chunk(chunk).await.map_err(Status::internal)?;
+        Ok(Response::new(SnapshotChunkReply { payload: payload.into() }))
     }
 
     async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {

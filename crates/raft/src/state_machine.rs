@@ -1,10 +1,21 @@
 //! `StateMachineStore`: adapts an application's pure state machine to openraft's
-//! `RaftStateMachine`, persisting its effects and the applied position in the node's engine.
+//! `RaftStateMachine`: persists its effects and the applied position in the node's engine,
+//! and moves its snapshots in bounded frames (`crate::snapshot`).
+//!
+//! Installing a received snapshot (incremental persistence) goes in three steps, so a crash at
+//! any point leaves either the old state or the new one, never a mix, and never loses what the
+//! old log held before the new state is safely staged:
+//! 1. *staged*: every chunk is in the staging area (the live state is untouched);
+//! 2. *commit point*: one atomic write clears the application's keys and the Raft log up to
+//!    the snapshot, records the snapshot as purged and applied, and sets the `~adopting`
+//!    marker;
+//! 3. *adopt*: staged chunks are restored one by one, each in one write that also deletes it;
+//!    a restart with the marker present resumes here before the group starts.
 
 use std::io;
 use std::sync::Arc;
 
-use flotilla_storage::{Engine, Space, WriteBatch, group_key};
+use flotilla_storage::{Direction, Engine, EngineView, Space, WriteBatch};
 use flotilla_types::GroupId;
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -13,10 +24,18 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::{GroupConfig, decode, encode};
+use crate::codec::{decode_with_version, encode_with_version};
+use crate::snapshot::keys::{ADOPTING, APPLIED, SNAPSHOT_CHUNK, SNAPSHOT_META, app_range, chunk_key, chunk_range, key};
+use crate::snapshot::staging::Staging;
+use crate::snapshot::{FrameSource, GroupSnapshot, split_frames};
+use crate::{GroupConfig, LogLayout};
 
-const APPLIED_KEY: &[u8] = b"~applied";
-const SNAPSHOT_KEY: &[u8] = b"~snapshot";
+/// Version of the applied position, the stored snapshot's metadata and the adopting marker.
+pub const SM_STATE_VERSION: u8 = 1;
+
+/// Entries applied under one lock and one write, at most: bounds the write batch and the time
+/// readers wait for the lock while a long committed range is applied.
+const APPLY_CHUNK_ENTRIES: usize = 512;
 
 /// How a state machine survives a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +51,9 @@ pub enum Persistence {
 
 /// An application state machine: deterministic, with its effects written into batches the
 /// adapter commits. Implementations never touch openraft, sockets or clocks.
+///
+/// Keys an application keeps in `Space::StateMachine` sort below
+/// [`crate::APP_KEYS_END`] (after its group prefix); the adapter owns the rest.
 pub trait GroupStateMachine<C: GroupConfig>: Send + Sync + 'static {
     /// How this state survives restarts.
     fn persistence(&self) -> Persistence;
@@ -41,32 +63,35 @@ pub trait GroupStateMachine<C: GroupConfig>: Send + Sync + 'static {
     fn apply(&mut self, log_id: &LogIdOf<C>, command: C::D, batch: &mut WriteBatch) -> C::R;
 
     /// Notes that an entry without a command (a blank or membership entry) was applied at
-    /// `log_id`; partitions use it to keep their index of log positions complete.
+    /// `log_id`.
     fn apply_empty(&mut self, _log_id: &LogIdOf<C>, _batch: &mut WriteBatch) {}
+
+    /// Runs after the last apply of a batch, before the batch is written: state that many
+    /// applies changed is written once here.
+    fn finish_batch(&mut self, _batch: &mut WriteBatch) {}
 
     /// Runs after a batch of applies is written and visible to readers (wake long polls).
     fn applied(&mut self) {}
 
-    /// The whole state as bytes, consistent with the last applied entry.
-    fn snapshot(&self) -> io::Result<Vec<u8>>;
+    /// The state as frames, consistent with the last applied entry. `view` was taken at that
+    /// entry; an incremental state reads itself from it lazily, while the transfer runs.
+    fn snapshot(&self, view: Arc<dyn EngineView>) -> io::Result<Box<dyn FrameSource>>;
 
-    /// Replaces the whole state by `data` from [`Self::snapshot`], writing its durable form
-    /// into `batch`.
-    fn restore(&mut self, data: &[u8], batch: &mut WriteBatch) -> io::Result<()>;
+    /// Restores one frame of a snapshot, in order. With incremental persistence the durable
+    /// form goes into `batch` (the application's keys were cleared before the first frame)
+    /// and nothing else may depend on earlier frames: a restore interrupted by a crash
+    /// resumes at a later frame in a new process.
+    fn restore_frame(&mut self, frame: &[u8], batch: &mut WriteBatch) -> io::Result<()>;
+
+    /// Every frame is restored and written: rebuild the in-memory state from it.
+    fn restored(&mut self) -> io::Result<()>;
 }
 
 /// The applied position, stored with incremental persistence.
-#[derive(Serialize, Deserialize)]
-struct Applied<LogId, Membership> {
-    last_applied: Option<LogId>,
-    membership: Membership,
-}
-
-/// The latest snapshot, stored so it survives restarts.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot<Meta> {
-    meta: Meta,
-    data: Vec<u8>,
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Applied<LogId, Membership> {
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: Membership,
 }
 
 /// openraft's view of one group's state machine.
@@ -79,8 +104,9 @@ pub struct StateMachineStore<C: GroupConfig, A: GroupStateMachine<C>> {
 }
 
 impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
-    /// Opens the state machine of `group`, recovering the applied position (incremental
-    /// persistence) or the latest snapshot (snapshot-only persistence).
+    /// Opens the state machine of `group`: recovers the applied position (incremental
+    /// persistence, finishing an interrupted snapshot install first) or the latest snapshot
+    /// (snapshot-only persistence), and drops the leftovers of an interrupted transfer.
     pub fn open(group: GroupId, engine: Arc<dyn Engine>, app: Arc<parking_lot::Mutex<A>>) -> io::Result<Self> {
         let mut store = StateMachineStore {
             group,
@@ -92,18 +118,40 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
         let persistence = store.app.lock().persistence();
         match persistence {
             Persistence::Incremental => {
-                if let Some(bytes) = store.engine.get(Space::StateMachine, &store.key(APPLIED_KEY))? {
-                    let applied: Applied<LogIdOf<C>, StoredMembershipOf<C>> = decode(&bytes)?;
+                if store.read::<SnapshotMetaOf<C>>(ADOPTING, "snapshot install marker")?.is_some() {
+                    tracing::info!(group = %group, "resuming a snapshot install interrupted by a restart");
+                    store.adopt()?;
+                } else {
+                    store.staging().clear()?;
+                }
+                if let Some(applied) =
+                    store.read::<Applied<LogIdOf<C>, StoredMembershipOf<C>>>(APPLIED, "applied position")?
+                {
                     store.last_applied = applied.last_applied;
                     store.membership = applied.membership;
                 }
             }
             Persistence::SnapshotOnly => {
-                if let Some(snapshot) = store.stored_snapshot()? {
+                store.staging().clear()?;
+                if let Some(meta) = store.read::<SnapshotMetaOf<C>>(SNAPSHOT_META, "snapshot metadata")? {
                     let mut ignored = WriteBatch::new();
-                    store.app.lock().restore(&snapshot.data, &mut ignored)?;
-                    store.last_applied = snapshot.meta.last_log_id.clone();
-                    store.membership = snapshot.meta.last_membership.clone();
+                    let range = chunk_range(group, SNAPSHOT_CHUNK);
+                    let rows = store.engine.scan(
+                        Space::StateMachine,
+                        &range.start[..]..&range.end[..],
+                        Direction::Forward,
+                        usize::MAX,
+                    )?;
+                    let mut app = store.app.lock();
+                    for (_, chunk) in rows {
+                        for frame in split_frames(&chunk)? {
+                            app.restore_frame(frame, &mut ignored)?;
+                        }
+                    }
+                    app.restored()?;
+                    drop(app);
+                    store.last_applied = meta.last_log_id.clone();
+                    store.membership = meta.last_membership.clone();
                 }
             }
         }
@@ -115,40 +163,24 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
         Arc::clone(&self.app)
     }
 
-    fn key(&self, name: &[u8]) -> Vec<u8> {
-        group_key(self.group.0, name)
+    fn staging(&self) -> Staging {
+        Staging::new(self.group, Arc::clone(&self.engine))
     }
 
-    fn stored_snapshot(&self) -> io::Result<Option<StoredSnapshot<SnapshotMetaOf<C>>>> {
-        match self.engine.get(Space::StateMachine, &self.key(SNAPSHOT_KEY))? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
+    fn read<T: serde::de::DeserializeOwned>(&self, name: &[u8], format: &str) -> io::Result<Option<T>> {
+        match self.engine.get(Space::StateMachine, &key(self.group, name))? {
+            Some(bytes) => Ok(Some(decode_with_version(format, SM_STATE_VERSION, &bytes)?)),
             None => Ok(None),
         }
     }
 
     fn put_applied(&self, batch: &mut WriteBatch) {
         let applied = Applied { last_applied: self.last_applied.clone(), membership: self.membership.clone() };
-        batch.put(Space::StateMachine, self.key(APPLIED_KEY), encode(&applied));
-    }
-}
-
-impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachineStore<C, A> {
-    type SnapshotData = Vec<u8>;
-    type SnapshotBuilder = SnapshotBuilder<C, A>;
-
-    async fn applied_state(&mut self) -> io::Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>)> {
-        Ok((self.last_applied.clone(), self.membership.clone()))
+        batch.put(Space::StateMachine, key(self.group, APPLIED), encode_with_version(SM_STATE_VERSION, &applied));
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
-    where
-        Strm: Stream<Item = io::Result<EntryResponder<C>>> + Unpin + OptionalSend,
-    {
-        // Drain the stream before taking the lock: the guard must not live across an await.
-        let mut received = Vec::new();
-        while let Some(item) = entries.try_next().await? {
-            received.push(item);
-        }
+    /// Applies received entries under one lock and writes their effects in one batch.
+    fn apply_chunk(&mut self, received: Vec<EntryResponder<C>>) -> io::Result<()> {
         let mut batch = WriteBatch::new();
         let mut responses = Vec::new();
         {
@@ -172,6 +204,7 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
                     responses.push((responder, response));
                 }
             }
+            app.finish_batch(&mut batch);
             if app.persistence() == Persistence::Incremental {
                 self.put_applied(&mut batch);
             }
@@ -188,61 +221,232 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
         Ok(())
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Taken here, on the state-machine worker, so the bytes match `last_applied` even if
-        // openraft runs the build in another task while applies continue.
-        let data = self.app.lock().snapshot();
-        SnapshotBuilder {
-            group: self.group,
-            engine: Arc::clone(&self.engine),
-            data: Some(data),
-            last_applied: self.last_applied.clone(),
-            membership: self.membership.clone(),
-            _app: std::marker::PhantomData,
-        }
-    }
-
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Vec<u8>) -> io::Result<()> {
+    /// Step 2 of an install (see the module docs): the commit point.
+    fn commit_install(&mut self, meta: &SnapshotMetaOf<C>) -> io::Result<()> {
+        let Some(last) = meta.last_log_id.clone() else {
+            return Err(io::Error::other(format!("group {}: a snapshot without a last log id", self.group)));
+        };
         let mut batch = WriteBatch::new();
-        self.app.lock().restore(&snapshot, &mut batch)?;
-        self.last_applied = meta.last_log_id.clone();
+        let app_keys = app_range(self.group);
+        batch.delete_range(Space::StateMachine, app_keys.start, app_keys.end);
+        // The old log up to the snapshot goes: what of it matters (retained records) comes back
+        // from the snapshot. Marking it purged in the same write keeps the log openraft sees
+        // consistent at every step, whatever order the adoption writes its records in.
+        let layout = LogLayout::new(self.group);
+        layout.delete_entries(&mut batch, 0, last.index() + 1);
+        layout.put_purged::<C>(&mut batch, &last);
+        self.last_applied = Some(last);
         self.membership = meta.last_membership.clone();
         self.put_applied(&mut batch);
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
-        batch.put(Space::StateMachine, self.key(SNAPSHOT_KEY), encode(&stored));
+        batch.put(Space::StateMachine, key(self.group, ADOPTING), encode_with_version(SM_STATE_VERSION, meta));
+        Ok(self.engine.write(batch)?)
+    }
+
+    /// Step 3 of an install: restores every staged chunk, one write per chunk, then reloads.
+    fn adopt(&mut self) -> io::Result<()> {
+        let staging = self.staging();
+        let mut app = self.app.lock();
+        while let Some((seq, chunk)) = staging.next_from(0)? {
+            let mut batch = WriteBatch::new();
+            for frame in split_frames(&chunk)? {
+                app.restore_frame(frame, &mut batch)?;
+            }
+            staging.consume_into(&mut batch, seq);
+            self.engine.write(batch)?;
+        }
+        let mut batch = WriteBatch::new();
+        staging.clear_into(&mut batch);
+        batch.delete(Space::StateMachine, key(self.group, ADOPTING));
         self.engine.write(batch)?;
-        self.app.lock().applied();
-        flotilla_types::coverage!("snapshot_installed");
+        app.restored()?;
+        app.applied();
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<C, Vec<u8>>>> {
-        Ok(self.stored_snapshot()?.map(|stored| SnapshotOf::<C, Vec<u8>> { meta: stored.meta, snapshot: stored.data }))
+    /// Installs a received snapshot into a snapshot-only state: restored in memory from the
+    /// staged chunks, which then become the stored snapshot.
+    fn install_in_memory(&mut self, meta: &SnapshotMetaOf<C>) -> io::Result<()> {
+        let staging = self.staging();
+        let mut batch = WriteBatch::new();
+        let stored = chunk_range(self.group, SNAPSHOT_CHUNK);
+        batch.delete_range(Space::StateMachine, stored.start, stored.end);
+        let mut app = self.app.lock();
+        let mut ignored = WriteBatch::new();
+        let (mut from, mut stored_seq) = (0u64, 0u64);
+        while let Some((seq, chunk)) = staging.next_from(from)? {
+            for frame in split_frames(&chunk)? {
+                app.restore_frame(frame, &mut ignored)?;
+            }
+            batch.put(Space::StateMachine, chunk_key(self.group, SNAPSHOT_CHUNK, stored_seq), chunk);
+            stored_seq += 1;
+            from = seq + 1;
+        }
+        app.restored()?;
+        staging.clear_into(&mut batch);
+        batch.put(Space::StateMachine, key(self.group, SNAPSHOT_META), encode_with_version(SM_STATE_VERSION, meta));
+        self.last_applied = meta.last_log_id.clone();
+        self.membership = meta.last_membership.clone();
+        self.engine.write(batch)?;
+        app.applied();
+        Ok(())
+    }
+
+    fn current_meta(&self) -> SnapshotMetaOf<C> {
+        SnapshotMetaOf::<C> { last_log_id: self.last_applied.clone(), last_membership: self.membership.clone() }
+    }
+}
+
+impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachineStore<C, A> {
+    type SnapshotData = GroupSnapshot;
+    type SnapshotBuilder = SnapshotBuilder<C>;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>)> {
+        Ok((self.last_applied.clone(), self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<C>>> + Unpin + OptionalSend,
+    {
+        // Entries are taken in pieces (the log store streams them in byte-bounded reads) and
+        // each piece is applied under the lock without an await in between.
+        let mut received = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            received.push(item);
+            if received.len() >= APPLY_CHUNK_ENTRIES {
+                self.apply_chunk(std::mem::take(&mut received))?;
+            }
+        }
+        if !received.is_empty() {
+            self.apply_chunk(received)?;
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let persistence = self.app.lock().persistence();
+        // Taken here, on the state-machine worker, so the frames match `last_applied` even if
+        // openraft runs the build in another task while applies continue.
+        // A snapshot-only state is in memory anyway, so its chunks are made here, at once.
+        let chunks = match persistence {
+            Persistence::Incremental => None,
+            Persistence::SnapshotOnly => Some(self.app.lock().snapshot(self.engine.view()).and_then(|frames| {
+                let mut source = GroupSnapshot::source(frames, false);
+                let mut chunks = Vec::new();
+                while let Some(chunk) = source.next_chunk()? {
+                    chunks.push(chunk);
+                }
+                Ok(chunks)
+            })),
+        };
+        SnapshotBuilder { group: self.group, engine: Arc::clone(&self.engine), chunks, meta: self.current_meta() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, mut snapshot: GroupSnapshot) -> io::Result<()> {
+        if snapshot.staged_chunks().is_none() {
+            // A snapshot handed over in-process (openraft's storage suite, tests): stage it
+            // first, so every install takes the same path.
+            let staging = self.staging();
+            staging.begin(0)?;
+            let mut seq = 0;
+            while let Some(chunk) = snapshot.next_chunk()? {
+                staging.put(seq, &chunk)?;
+                seq += 1;
+            }
+        }
+        let persistence = self.app.lock().persistence();
+        match persistence {
+            Persistence::Incremental => {
+                self.commit_install(meta)?;
+                self.adopt()?;
+            }
+            Persistence::SnapshotOnly => self.install_in_memory(meta)?,
+        }
+        flotilla_types::coverage!("snapshot_installed");
+        tracing::info!(group = %self.group, last = ?meta.last_log_id, "installed a snapshot from the leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<C, GroupSnapshot>>> {
+        let persistence = self.app.lock().persistence();
+        let blocking = self.engine.sync_blocks();
+        match persistence {
+            // The current state is the snapshot: read lazily through a view taken now.
+            Persistence::Incremental => {
+                if self.last_applied.is_none() {
+                    return Ok(None);
+                }
+                let frames = self.app.lock().snapshot(self.engine.view())?;
+                Ok(Some(SnapshotOf::<C, GroupSnapshot> {
+                    meta: self.current_meta(),
+                    snapshot: GroupSnapshot::source(frames, blocking),
+                }))
+            }
+            Persistence::SnapshotOnly => {
+                let Some(meta) = self.read::<SnapshotMetaOf<C>>(SNAPSHOT_META, "snapshot metadata")? else {
+                    return Ok(None);
+                };
+                let frames = StoredChunks { group: self.group, view: self.engine.view(), next: 0, pending: Vec::new() };
+                Ok(Some(SnapshotOf::<C, GroupSnapshot> {
+                    meta,
+                    snapshot: GroupSnapshot::source(Box::new(frames), blocking),
+                }))
+            }
+        }
+    }
+}
+
+/// The frames of a stored (snapshot-only) snapshot, read chunk by chunk through a view.
+struct StoredChunks {
+    group: GroupId,
+    view: Arc<dyn EngineView>,
+    next: u64,
+    pending: Vec<Vec<u8>>,
+}
+
+impl FrameSource for StoredChunks {
+    fn next_frame(&mut self) -> io::Result<Option<Vec<u8>>> {
+        while self.pending.is_empty() {
+            let Some(chunk) = self.view.get(Space::StateMachine, &chunk_key(self.group, SNAPSHOT_CHUNK, self.next))?
+            else {
+                return Ok(None);
+            };
+            self.next += 1;
+            self.pending = split_frames(&chunk)?.into_iter().rev().map(<[u8]>::to_vec).collect();
+        }
+        Ok(self.pending.pop())
     }
 }
 
 /// Builds a snapshot of the state as of the moment the builder was made.
-pub struct SnapshotBuilder<C: GroupConfig, A: GroupStateMachine<C>> {
+pub struct SnapshotBuilder<C: GroupConfig> {
     group: GroupId,
     engine: Arc<dyn Engine>,
-    data: Option<io::Result<Vec<u8>>>,
-    last_applied: Option<LogIdOf<C>>,
-    membership: StoredMembershipOf<C>,
-    _app: std::marker::PhantomData<fn() -> A>,
+    /// The chunks to store (snapshot-only persistence); `None` for incremental persistence,
+    /// whose snapshot is its live state, read when a transfer starts.
+    chunks: Option<io::Result<Vec<Vec<u8>>>>,
+    meta: SnapshotMetaOf<C>,
 }
 
-impl<C: GroupConfig, A: GroupStateMachine<C>> RaftSnapshotBuilder<C> for SnapshotBuilder<C, A> {
-    type SnapshotData = Vec<u8>;
+impl<C: GroupConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
+    type SnapshotData = GroupSnapshot;
 
-    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<C, Vec<u8>>> {
-        let data = self.data.take().unwrap_or_else(|| Err(io::Error::other("snapshot builder used twice")))?;
-        flotilla_types::coverage!("snapshot_built");
-        let meta =
-            SnapshotMetaOf::<C> { last_log_id: self.last_applied.clone(), last_membership: self.membership.clone() };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<C, GroupSnapshot>> {
+        let meta = self.meta.clone();
+        let Some(chunks) = self.chunks.take() else {
+            // Incremental: nothing to write. openraft learns the snapshot point and may purge
+            // the log up to it; the records it keeps are the partition's own business.
+            return Ok(SnapshotOf::<C, GroupSnapshot> { meta, snapshot: GroupSnapshot::meta_only() });
+        };
         let mut batch = WriteBatch::new();
-        batch.put(Space::StateMachine, group_key(self.group.0, SNAPSHOT_KEY), encode(&stored));
+        let stored = chunk_range(self.group, SNAPSHOT_CHUNK);
+        batch.delete_range(Space::StateMachine, stored.start, stored.end);
+        for (seq, chunk) in (0u64..).zip(chunks?) {
+            batch.put(Space::StateMachine, chunk_key(self.group, SNAPSHOT_CHUNK, seq), chunk);
+        }
+        batch.put(Space::StateMachine, key(self.group, SNAPSHOT_META), encode_with_version(SM_STATE_VERSION, &meta));
         self.engine.write(batch)?;
-        Ok(SnapshotOf::<C, Vec<u8>> { meta, snapshot: data })
+        flotilla_types::coverage!("snapshot_built");
+        Ok(SnapshotOf::<C, GroupSnapshot> { meta, snapshot: GroupSnapshot::meta_only() })
     }
 }

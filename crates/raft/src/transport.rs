@@ -16,7 +16,7 @@ use bytes::Bytes;
 use flotilla_proto::net::{ChannelSettings, Connector, channel};
 use flotilla_proto::raft::v1::{
     BatchRequest, GroupMessage, IntroduceRequest, IntroduceResponse, MessageKind, ProposeRequest, ProposeResponse,
-    SnapshotChunk, group_reply, raft_transport_client::RaftTransportClient,
+    SnapshotChunkRequest, group_reply, raft_transport_client::RaftTransportClient,
 };
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use parking_lot::Mutex;
@@ -37,8 +37,6 @@ pub struct TransportConfig {
     /// Upper bound on one batch RPC. A batch to a dead or partitioned peer fails after this
     /// instead of holding up every later message to that peer.
     pub batch_timeout: Duration,
-    /// Size of one snapshot chunk.
-    pub snapshot_chunk_bytes: usize,
     /// Ordered lanes per peer for partition groups, each with one batch in flight (at least
     /// 1), on top of the control lane and the metadata lane.
     pub partition_lanes_per_peer: usize,
@@ -52,7 +50,6 @@ impl Default for TransportConfig {
             batch_bytes_max: 16 * 1024 * 1024,
             queue_capacity: 16_384,
             batch_timeout: Duration::from_secs(3),
-            snapshot_chunk_bytes: 1024 * 1024,
             partition_lanes_per_peer: 4,
         }
     }
@@ -111,6 +108,8 @@ pub struct Transport {
     config: TransportConfig,
     connector: Connector,
     peers: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
+    /// Snapshot transfers started, for their ids.
+    transfers: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Transport {
@@ -122,7 +121,13 @@ impl std::fmt::Debug for Transport {
 impl Transport {
     /// A transport for `node_id` that opens connections through `connector`.
     pub fn new(node_id: NodeId, config: TransportConfig, connector: Connector) -> Arc<Transport> {
-        Arc::new(Transport { node_id, config, connector, peers: Mutex::new(BTreeMap::new()) })
+        Arc::new(Transport {
+            node_id,
+            config,
+            connector,
+            peers: Mutex::new(BTreeMap::new()),
+            transfers: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// This node's id.
@@ -183,41 +188,29 @@ impl Transport {
         }
     }
 
-    /// Streams a snapshot (`header` then `data` in chunks) to `target`; returns its reply.
-    pub async fn send_snapshot(
+    /// A transfer id for a snapshot sent from this node, unique among its transfers.
+    pub fn next_transfer_id(&self) -> u64 {
+        let counter = self.transfers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.node_id << 40) ^ counter
+    }
+
+    /// Sends one snapshot chunk to `target` and waits for it to be staged (or, for the last,
+    /// installed) until `timeout`.
+    pub async fn snapshot_chunk(
         &self,
         target: NodeId,
         address: &str,
-        group: GroupId,
-        header: Vec<u8>,
-        data: &[u8],
+        request: SnapshotChunkRequest,
         timeout: Duration,
     ) -> Result<Bytes, SendError> {
         let peer = self.peer(target, address)?;
-        let chunk_bytes = self.config.snapshot_chunk_bytes.max(1);
-        let mut chunks = Vec::with_capacity(data.len() / chunk_bytes + 1);
-        let mut header = Some(Bytes::from(header));
-        let mut parts: Vec<&[u8]> = data.chunks(chunk_bytes).collect();
-        if parts.is_empty() {
-            parts.push(&[]);
-        }
-        for part in parts {
-            chunks.push(SnapshotChunk {
-                from_node: self.node_id,
-                to_node: target,
-                group_id: group.0,
-                header: header.take().unwrap_or_default(),
-                data: Bytes::copy_from_slice(part),
-            });
-        }
         let mut client = peer.client.clone();
-        let call = client.install_snapshot(futures::stream::iter(chunks));
-        match tokio::time::timeout(timeout, call).await {
+        match tokio::time::timeout(timeout, client.snapshot_chunk(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner().payload),
             Ok(Err(status)) => Err(SendError::Remote { node: target, message: status.message().to_string() }),
             Err(_) => Err(SendError::Unreachable {
                 node: target,
-                message: format!("snapshot not acknowledged within {timeout:?}"),
+                message: format!("snapshot chunk not acknowledged within {timeout:?}"),
             }),
         }
     }
@@ -273,12 +266,41 @@ async fn run_lane(
     mut rx: mpsc::Receiver<Outgoing>,
     config: TransportConfig,
 ) {
+    // A message that did not fit the last batch leads the next one.
+    let mut carried: Option<Outgoing> = None;
     let mut pending: Vec<Outgoing> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // Room for the batch's own framing: the batch must stay below the message limit.
+    let batch_bytes_max = config.batch_bytes_max.min(config.channel.message_bytes_max.saturating_sub(64 * 1024));
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match rx.recv().await {
+                Some(first) => first,
+                None => break,
+            },
+        };
+        let first_bytes = first.message.payload.len();
+        if first_bytes > batch_bytes_max {
+            // Too large for any batch: refuse it alone rather than fail every message it
+            // would share a batch with (review-correctness finding 1).
+            let _ = first.reply.send(Err(SendError::Remote {
+                node: to,
+                message: format!(
+                    "a {}-byte message for group {} exceeds the {batch_bytes_max}-byte batch limit",
+                    first_bytes,
+                    GroupId(first.message.group_id)
+                ),
+            }));
+            continue;
+        }
         pending.push(first);
-        let mut bytes: usize = pending[0].message.payload.len();
-        while pending.len() < config.batch_messages_max && bytes < config.batch_bytes_max {
+        let mut bytes: usize = first_bytes;
+        while pending.len() < config.batch_messages_max && bytes < batch_bytes_max {
             match rx.try_recv() {
+                Ok(next) if bytes + next.message.payload.len() > batch_bytes_max => {
+                    carried = Some(next);
+                    break;
+                }
                 Ok(next) => {
                     bytes += next.message.payload.len();
                     pending.push(next);

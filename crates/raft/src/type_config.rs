@@ -16,6 +16,12 @@ pub type Runtime = openraft_rt::deterministic_rng::DeterministicRng<openraft_rt_
 pub trait GroupConfig:
     RaftTypeConfig<NodeId = u64, Node = NodeInfo, Term = u64, AsyncRuntime = Runtime, R: Default>
 {
+    /// The name of the application's command format, in error messages.
+    const COMMAND_FORMAT: &'static str;
+    /// The version of the application's command encoding, stored in every log entry. Bump it
+    /// when the encoding of `D` changes other than by a variant appended at the end.
+    const COMMAND_VERSION: u8;
+
     /// Takes an entry apart into its payload (`entry.payload` for openraft's `Entry`, which
     /// generic code cannot name).
     fn into_payload(entry: Self::Entry) -> EntryPayload<Self::D, u64, NodeInfo>;
@@ -35,12 +41,12 @@ pub fn scoped<F: Future>(seed: u64, future: F) -> impl Future<Output = F::Output
 /// ```ignore
 /// flotilla_raft::declare_group_config!(
 ///     /// openraft types of partition groups.
-///     pub PartitionConfig: PartitionCommand => PartitionResponse
+///     pub PartitionConfig: PartitionEntry => PartitionResponse, format "partition command" version 1
 /// );
 /// ```
 #[macro_export]
 macro_rules! declare_group_config {
-    ($(#[$meta:meta])* $visibility:vis $name:ident: $command:ty => $response:ty) => {
+    ($(#[$meta:meta])* $visibility:vis $name:ident: $command:ty => $response:ty, format $format:literal version $version:literal) => {
         $crate::openraft::declare_raft_types!(
             $(#[$meta])*
             $visibility $name:
@@ -54,6 +60,9 @@ macro_rules! declare_group_config {
         );
 
         impl $crate::GroupConfig for $name {
+            const COMMAND_FORMAT: &'static str = $format;
+            const COMMAND_VERSION: u8 = $version;
+
             fn into_payload(
                 entry: Self::Entry,
             ) -> $crate::openraft::EntryPayload<$command, u64, $crate::NodeInfo> {
