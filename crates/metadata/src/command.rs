@@ -1,6 +1,8 @@
 //! Commands the metadata group applies, and their outcomes.
 
-use flotilla_types::{GroupId, NodeId};
+use std::collections::BTreeMap;
+
+use flotilla_types::{ConfigError, GroupId, NodeId, TopicConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{GroupError, MemberView, TopicPartition, TopicRecord};
@@ -10,8 +12,9 @@ use crate::{GroupError, MemberView, TopicPartition, TopicRecord};
 pub enum MetaCommand {
     /// A node announces (or re-announces) its addresses.
     RegisterNode { id: NodeId, peer_address: String, client_address: String },
-    /// Creates a topic; placement is computed during apply from the catalogue itself.
-    CreateTopic { name: String, partitions: u32, replication_factor: u32, created_at_ms: i64 },
+    /// Creates a topic; placement is computed during apply from the catalogue itself. The
+    /// config was validated by the proposing node.
+    CreateTopic { name: String, partitions: u32, replication_factor: u32, created_at_ms: i64, config: TopicConfig },
     /// Deletes a topic (its partitions' data goes with it).
     DeleteTopic { name: String },
     /// Partition leaders as nodes observed them; a hint is kept only if its term is newer.
@@ -46,6 +49,10 @@ pub enum MetaCommand {
     },
     /// Sets an inactive group's positions, in any direction (`flo group reset`).
     ResetOffsets { group: String, offsets: Vec<(TopicPartition, u64)>, at_ms: i64 },
+    /// Changes a topic's configuration: `set` keys to values, `unset` keys back to their
+    /// defaults. Judged at apply against the topic's config then (so concurrent changes of
+    /// different keys both hold), with the proposing node's batch limit, which it carries.
+    AlterTopicConfig { name: String, set: BTreeMap<String, String>, unset: Vec<String>, batch_bytes_max: u64 },
 }
 
 /// Why a member left its group.
@@ -85,6 +92,8 @@ pub enum MetaError {
          a node id holds one log of a Raft group for the group's lifetime, and its copy was deleted"
     )]
     FormerReplica { topic: String, partition: u32, node: NodeId },
+    #[error("topic {topic:?}: {source}")]
+    InvalidConfig { topic: String, source: ConfigError },
 }
 
 /// The outcome of a command.
@@ -95,6 +104,8 @@ pub enum MetaResponse {
     Done,
     /// The topic as created.
     TopicCreated(TopicRecord),
+    /// The topic with its configuration changed.
+    TopicAltered(TopicRecord),
     /// Nothing changed, for this reason.
     Rejected(MetaError),
 }
@@ -158,6 +169,9 @@ impl std::fmt::Display for MetaCommand {
             }
             MetaCommand::ResetOffsets { group, offsets, .. } => {
                 write!(f, "reset {} offsets of group {group:?}", offsets.len())
+            }
+            MetaCommand::AlterTopicConfig { name, set, unset, .. } => {
+                write!(f, "alter topic {name:?}: set {set:?}, unset {unset:?}")
             }
         }
     }

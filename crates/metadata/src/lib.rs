@@ -9,6 +9,8 @@ mod groups;
 mod placement;
 mod state;
 mod state_machine;
+#[cfg(test)]
+mod stored_formats;
 
 pub use command::{GroupReply, LeaveReason, MetaCommand, MetaError, MetaReply, MetaResponse};
 pub use groups::{

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use flotilla_types::{GroupId, NodeId, PartitionId, TopicId};
+use flotilla_types::{GroupId, Limits, NodeId, PartitionId, TopicConfig, TopicId};
 use serde::{Deserialize, Serialize};
 
 use crate::{ConsumerGroup, GroupError, GroupReply, MetaCommand, MetaError, MetaReply, MetaResponse, place_replicas};
@@ -37,6 +37,8 @@ pub struct TopicRecord {
     /// membership excludes them, and may never come back under the same id (openraft: a node
     /// id must not rejoin a group with an empty log).
     pub former_replicas: Vec<Vec<NodeId>>,
+    /// The topic's configuration overrides (retention, batch size).
+    pub config: TopicConfig,
 }
 
 impl TopicRecord {
@@ -77,8 +79,8 @@ impl MetadataState {
                 self.nodes.insert(id, NodeRecord { id, peer_address, client_address });
                 MetaResponse::Done
             }
-            MetaCommand::CreateTopic { name, partitions, replication_factor, created_at_ms } => {
-                match self.create_topic(name, partitions, replication_factor, created_at_ms) {
+            MetaCommand::CreateTopic { name, partitions, replication_factor, created_at_ms, config } => {
+                match self.create_topic(name, partitions, replication_factor, created_at_ms, config) {
                     Ok(topic) => MetaResponse::TopicCreated(topic),
                     Err(err) => MetaResponse::Rejected(err),
                 }
@@ -121,6 +123,12 @@ impl MetadataState {
             MetaCommand::MoveReplica { topic, partition, from, to } => {
                 match self.move_replica(&topic, partition, from, to) {
                     Ok(()) => MetaResponse::Done,
+                    Err(err) => MetaResponse::Rejected(err),
+                }
+            }
+            MetaCommand::AlterTopicConfig { name, set, unset, batch_bytes_max } => {
+                match self.alter_topic_config(&name, &set, &unset, batch_bytes_max) {
+                    Ok(topic) => MetaResponse::TopicAltered(topic),
                     Err(err) => MetaResponse::Rejected(err),
                 }
             }
@@ -206,12 +214,44 @@ impl MetadataState {
         Ok(())
     }
 
+    /// Checks a configuration change without applying it (apply checks again against the
+    /// config it then finds).
+    pub fn check_alter_topic_config(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        unset: &[String],
+        batch_bytes_max: u64,
+    ) -> Result<TopicConfig, MetaError> {
+        let topic = self.topics.get(name).ok_or_else(|| MetaError::UnknownTopic { name: name.to_string() })?;
+        let limits =
+            Limits { batch_bytes_max: usize::try_from(batch_bytes_max).unwrap_or(usize::MAX), ..Limits::default() };
+        topic
+            .config
+            .altered(set, unset, &limits)
+            .map_err(|source| MetaError::InvalidConfig { topic: name.to_string(), source })
+    }
+
+    fn alter_topic_config(
+        &mut self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        unset: &[String],
+        batch_bytes_max: u64,
+    ) -> Result<TopicRecord, MetaError> {
+        let config = self.check_alter_topic_config(name, set, unset, batch_bytes_max)?;
+        let topic = self.topics.get_mut(name).expect("checked above");
+        topic.config = config;
+        Ok(topic.clone())
+    }
+
     fn create_topic(
         &mut self,
         name: String,
         partitions: u32,
         replication_factor: u32,
         created_at_ms: i64,
+        config: TopicConfig,
     ) -> Result<TopicRecord, MetaError> {
         self.check_create_topic(&name, partitions, replication_factor)?;
         let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -235,6 +275,7 @@ impl MetadataState {
             initial_replicas: replicas.clone(),
             former_replicas: vec![Vec::new(); replicas.len()],
             replicas,
+            config,
         };
         self.topics.insert(name, topic.clone());
         Ok(topic)
@@ -339,6 +380,7 @@ mod tests {
             partitions,
             replication_factor: 3,
             created_at_ms: 1,
+            config: TopicConfig::default(),
         };
         let MetaReply::Catalogue(MetaResponse::TopicCreated(first)) = state.apply(create(3)) else { panic!("created") };
         assert_eq!(first.replicas.len(), 3);
@@ -361,6 +403,7 @@ mod tests {
             partitions: 1,
             replication_factor: 5,
             created_at_ms: 0,
+            config: TopicConfig::default(),
         });
         assert_eq!(
             response,
@@ -392,6 +435,7 @@ mod tests {
             partitions: 1,
             replication_factor: 3,
             created_at_ms: 0,
+            config: TopicConfig::default(),
         }) else {
             panic!("created")
         };
@@ -411,6 +455,7 @@ mod tests {
             partitions: 2,
             replication_factor: 3,
             created_at_ms: 0,
+            config: TopicConfig::default(),
         }) else {
             panic!("created")
         };
@@ -473,5 +518,44 @@ mod tests {
         assert_eq!(state.apply(move_replica("t", 0, replicas[0], 4)), MetaResponse::Done.into());
         let err = rejected(&mut state, move_replica("t", 0, 4, replicas[0]));
         assert_eq!(err, MetaError::FormerReplica { topic: "t".into(), partition: 0, node: replicas[0] });
+    }
+
+    #[test]
+    fn config_changes_are_judged_at_apply_and_keep_other_keys() {
+        let mut state = three_nodes();
+        state.apply(MetaCommand::CreateTopic {
+            name: "logs".into(),
+            partitions: 1,
+            replication_factor: 3,
+            created_at_ms: 0,
+            config: TopicConfig::default(),
+        });
+        let alter = |set: &[(&str, &str)], unset: &[&str]| MetaCommand::AlterTopicConfig {
+            name: "logs".into(),
+            set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            unset: unset.iter().map(|k| k.to_string()).collect(),
+            batch_bytes_max: 8 << 20,
+        };
+        // Two changes of different keys, proposed from the same old config, both hold.
+        state.apply(alter(&[("retention.ms", "60000")], &[]));
+        let MetaReply::Catalogue(MetaResponse::TopicAltered(topic)) =
+            state.apply(alter(&[("retention.bytes", "16777216")], &[]))
+        else {
+            panic!("altered")
+        };
+        assert_eq!(topic.config.retention().max_age_ms, Some(60_000));
+        assert_eq!(topic.config.retention().max_bytes, Some(16 << 20));
+        let MetaReply::Catalogue(MetaResponse::Rejected(err)) = state.apply(alter(&[("retention.bytes", "5")], &[]))
+        else {
+            panic!("refused")
+        };
+        assert!(matches!(err, MetaError::InvalidConfig { .. }), "{err}");
+        assert!(err.to_string().contains("retention.bytes") && err.to_string().contains("\"5\""), "{err}");
+        state.apply(alter(&[], &["retention.ms"]));
+        assert_eq!(state.topics["logs"].config.retention().max_age_ms, Some(flotilla_types::DEFAULT_RETENTION_MS));
+        // The catalogue keeps the config through a snapshot.
+        let restored: MetadataState =
+            flotilla_raft::decode_versioned(&flotilla_raft::encode_versioned(&state)).expect("snapshot round trip");
+        assert_eq!(restored, state);
     }
 }

@@ -28,7 +28,9 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         TopicExists => tonic::Code::AlreadyExists,
         OffsetOutOfRange | PartitionOutOfRange => tonic::Code::OutOfRange,
         ReplicationFactorTooLarge => tonic::Code::FailedPrecondition,
-        NodeIdMismatch | WipedDisk | ProducerFenced | OutOfOrderSequence => tonic::Code::FailedPrecondition,
+        NodeIdMismatch | WipedDisk | UnsupportedStorageFormat | ProducerFenced | OutOfOrderSequence => {
+            tonic::Code::FailedPrecondition
+        }
         UnknownGroup => tonic::Code::NotFound,
         UnknownMember | StaleMemberEpoch | GroupActive | PartitionNotAssigned | OffsetRegression => {
             tonic::Code::FailedPrecondition
@@ -37,6 +39,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         | InvalidTopicName
         | InvalidPartitionCount
         | InvalidReplicationFactor
+        | InvalidConfig
         | EmptyBatch
         | RecordTooLarge
         | BatchTooLarge

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     ReplicationFactorTooLarge = 105,
     /// The replication factor is not usable.
     InvalidReplicationFactor = 106,
+    /// A topic configuration key is unknown, or its value breaks the key's rule; the message
+    /// names the key, the value and the rule.
+    InvalidConfig = 107,
 
     /// A produce request without records.
     EmptyBatch = 200,
@@ -55,6 +58,9 @@ pub enum ErrorCode {
     /// The node's data directory is empty but the cluster lists the node: its disk was wiped
     /// or replaced, and it refuses to rejoin under the same id.
     WipedDisk = 401,
+    /// The data directory was written in a storage format this build cannot read (an older
+    /// build's, or a newer one's); the message names the format and both versions.
+    UnsupportedStorageFormat = 402,
 
     /// An idempotent producer's epoch is older than one the partition has seen for the same
     /// producer id: another session took over. Start a new session.
@@ -102,6 +108,7 @@ impl ErrorCode {
             104 => InvalidPartitionCount,
             105 => ReplicationFactorTooLarge,
             106 => InvalidReplicationFactor,
+            107 => InvalidConfig,
             200 => EmptyBatch,
             201 => RecordTooLarge,
             202 => BatchTooLarge,
@@ -113,6 +120,7 @@ impl ErrorCode {
             303 => Unavailable,
             400 => NodeIdMismatch,
             401 => WipedDisk,
+            402 => UnsupportedStorageFormat,
             500 => ProducerFenced,
             501 => OutOfOrderSequence,
             600 => UnknownGroup,
@@ -154,6 +162,7 @@ impl ErrorCode {
             InvalidPartitionCount => "INVALID_PARTITION_COUNT",
             ReplicationFactorTooLarge => "REPLICATION_FACTOR_TOO_LARGE",
             InvalidReplicationFactor => "INVALID_REPLICATION_FACTOR",
+            InvalidConfig => "INVALID_CONFIG",
             EmptyBatch => "EMPTY_BATCH",
             RecordTooLarge => "RECORD_TOO_LARGE",
             BatchTooLarge => "BATCH_TOO_LARGE",
@@ -165,6 +174,7 @@ impl ErrorCode {
             Unavailable => "UNAVAILABLE",
             NodeIdMismatch => "NODE_ID_MISMATCH",
             WipedDisk => "WIPED_DISK",
+            UnsupportedStorageFormat => "UNSUPPORTED_STORAGE_FORMAT",
             ProducerFenced => "PRODUCER_FENCED",
             OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
             UnknownGroup => "UNKNOWN_GROUP",

@@ -9,6 +9,7 @@ mod limits;
 mod names;
 mod partitioner;
 mod record;
+mod topic_config;
 
 pub use clock::{Clock, SystemClock};
 pub use coverage::COVERAGE_TARGET;
@@ -18,3 +19,7 @@ pub use limits::Limits;
 pub use names::{NAME_LEN_MAX, NameError, validate_group_name, validate_topic_name};
 pub use partitioner::{murmur2, partition_for_key};
 pub use record::{Header, Record};
+pub use topic_config::{
+    CONFIG_KEYS, ConfigEntry, ConfigError, DEFAULT_RETENTION_MS, Limit, MAX_MESSAGE_BYTES, RETENTION_BYTES,
+    RETENTION_MS, RetentionPolicy, TopicConfig, UNLIMITED,
+};
