@@ -23,7 +23,7 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 
 /// One appended batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct CachedBatch {
+pub struct CachedBatch {
     pub base_sequence: u64,
     pub count: u32,
     pub base_offset: u64,
@@ -31,7 +31,7 @@ pub(crate) struct CachedBatch {
 
 /// What a partition remembers of one producer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ProducerState {
+pub struct ProducerState {
     /// The highest epoch seen; lower ones are fenced.
     pub epoch: u32,
     /// The last appended batches of `epoch`, oldest first, at most [`BATCHES_PER_PRODUCER`].
@@ -39,6 +39,11 @@ pub(crate) struct ProducerState {
     /// Log index of the last command that appended or answered a batch of this producer;
     /// orders eviction.
     pub last_used: u64,
+}
+
+impl flotilla_raft::Versioned for ProducerState {
+    const FORMAT: &'static str = "partition producer state";
+    const VERSION: u8 = 1;
 }
 
 impl ProducerState {
@@ -80,6 +85,7 @@ impl ProducerTable {
     }
 
     /// Every producer, by id.
+    #[cfg(test)]
     pub fn entries(&self) -> impl Iterator<Item = (u64, &ProducerState)> {
         self.producers.iter().map(|(id, state)| (*id, state))
     }

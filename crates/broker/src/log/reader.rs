@@ -1,14 +1,19 @@
 //! `PartitionReader`: serves fetches from the Raft log through the offset index.
+//!
+//! Each read goes through one engine view, so it sees the index, the log and the log start of
+//! one moment: retention deleting the batches it reads (the index first, the log entries after
+//! the compactor's purge) can at most move the log start past the offset asked for, which is
+//! then answered as out of range, never as a gap or a missing entry.
 
 use std::sync::Arc;
 
-use flotilla_raft::{decode, openraft};
-use flotilla_storage::{Direction, Engine, Space, group_key, group_prefix_range};
+use flotilla_raft::{LogLayout, decode_versioned, openraft};
+use flotilla_storage::{Engine, EngineView, Space};
 use flotilla_types::{GroupId, Record};
 use openraft::EntryPayload;
-use openraft::RaftTypeConfig;
 
-use crate::state_machine::{INDEX_PREFIX, IndexEntry, index_key};
+use super::index::{LogMeta, batch_holding, scan_index};
+use crate::keys::Prefix;
 use crate::{BrokerError, PartitionConfig, PartitionWatermarks};
 
 /// Index entries read per storage scan while walking forward.
@@ -42,6 +47,21 @@ impl PartitionReader {
         BrokerError::Storage { group: self.group, source }
     }
 
+    /// A view to read from, and the range `watermarks` allows that the view still holds: the
+    /// caller's high watermark (never read past what it was shown) and the later of the two log
+    /// starts.
+    fn view(&self, watermarks: PartitionWatermarks) -> Result<(Arc<dyn EngineView>, PartitionWatermarks), BrokerError> {
+        let view = self.engine.view();
+        let stored =
+            view.get(Space::StateMachine, &Prefix::LogMeta.key(self.group, b"")).map_err(|e| self.storage(e.into()))?;
+        let log_start = match stored {
+            Some(bytes) => decode_versioned::<LogMeta>(&bytes).map_err(|e| self.storage(e))?.watermarks.log_start,
+            None => 0,
+        };
+        let bounds = PartitionWatermarks { log_start: log_start.max(watermarks.log_start), ..watermarks };
+        Ok((view, bounds))
+    }
+
     /// Reads from `offset` up to `max_records` records or about `max_bytes` (at least one
     /// record when any is available), never at or past `watermarks.high_watermark`.
     pub fn read(
@@ -51,6 +71,7 @@ impl PartitionReader {
         max_bytes: usize,
         watermarks: PartitionWatermarks,
     ) -> Result<FetchedBatch, BrokerError> {
+        let (view, watermarks) = self.view(watermarks)?;
         let high_watermark = watermarks.high_watermark;
         if offset < watermarks.log_start || offset > high_watermark {
             return Err(BrokerError::OffsetOutOfRange {
@@ -65,34 +86,19 @@ impl PartitionReader {
             return Ok(out);
         }
         // The batch holding `offset` is the one with the greatest base offset <= offset.
-        let prefix = group_prefix_range(self.group.0, INDEX_PREFIX);
-        let upto = index_key(self.group, offset + 1);
-        let first = self
-            .engine
-            .scan(Space::StateMachine, &prefix.start[..]..&upto[..], Direction::Reverse, 1)
-            .map_err(|e| self.storage(e.into()))?;
-        let Some((first_key, _)) = first.into_iter().next() else {
+        let Some((first_base, _)) = batch_holding(view.as_ref(), self.group, offset).map_err(|e| self.storage(e))?
+        else {
             return Err(self.storage(std::io::Error::other(format!("no index entry at or below offset {offset}"))));
         };
-        let mut cursor = first_key;
+        let mut cursor = first_base;
         let mut bytes = 0usize;
         let mut next_offset = offset;
         'scan: loop {
-            let rows = self
-                .engine
-                .scan(Space::StateMachine, &cursor[..]..&prefix.end[..], Direction::Forward, INDEX_SCAN_CHUNK)
-                .map_err(|e| self.storage(e.into()))?;
-            if rows.is_empty() {
-                break;
-            }
-            let last_key = rows.last().map(|(k, _)| k.clone()).expect("rows is not empty");
-            for (key, value) in rows {
-                let base = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("index keys end in 8 bytes"));
-                if base >= high_watermark {
-                    break 'scan;
-                }
-                let entry: IndexEntry = decode(&value).map_err(|e| self.storage(e))?;
-                let (records, timestamp_ms) = self.batch_records(entry.log_index)?;
+            let rows = scan_index(view.as_ref(), self.group, cursor, high_watermark, INDEX_SCAN_CHUNK)
+                .map_err(|e| self.storage(e))?;
+            let Some(&(last_base, _)) = rows.last() else { break };
+            for (base, entry) in rows {
+                let (records, timestamp_ms) = self.batch_records(view.as_ref(), entry.log_index)?;
                 assert_eq!(
                     records.len(),
                     entry.count as usize,
@@ -126,9 +132,8 @@ impl PartitionReader {
                     }
                 }
             }
-            // Continue after the last key of this chunk.
-            cursor = last_key;
-            cursor.push(0);
+            // Continue after the last batch of this chunk.
+            cursor = last_base + 1;
         }
         Ok(out)
     }
@@ -137,33 +142,23 @@ impl PartitionReader {
     /// watermark when no record is that recent (Kafka's ListOffsets by time). Walks the index,
     /// which carries each batch's latest timestamp, and opens only the batch that holds it.
     pub fn offset_for_time(&self, timestamp_ms: i64, watermarks: PartitionWatermarks) -> Result<u64, BrokerError> {
+        let (view, watermarks) = self.view(watermarks)?;
         let high_watermark = watermarks.high_watermark;
-        let prefix = group_prefix_range(self.group.0, INDEX_PREFIX);
-        let mut cursor = index_key(self.group, watermarks.log_start);
         // The batch holding log_start may begin below it.
-        let first = self
-            .engine
-            .scan(Space::StateMachine, &prefix.start[..]..&cursor[..], Direction::Reverse, 1)
-            .map_err(|e| self.storage(e.into()))?;
-        if let Some((key, _)) = first.into_iter().next() {
-            cursor = key;
-        }
+        let mut cursor =
+            match batch_holding(view.as_ref(), self.group, watermarks.log_start).map_err(|e| self.storage(e))? {
+                Some((base, _)) => base,
+                None => watermarks.log_start,
+            };
         loop {
-            let rows = self
-                .engine
-                .scan(Space::StateMachine, &cursor[..]..&prefix.end[..], Direction::Forward, INDEX_SCAN_CHUNK)
-                .map_err(|e| self.storage(e.into()))?;
-            let Some((last_key, _)) = rows.last().cloned() else { return Ok(high_watermark) };
-            for (key, value) in rows {
-                let base = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("index keys end in 8 bytes"));
-                if base >= high_watermark {
-                    return Ok(high_watermark);
-                }
-                let entry: IndexEntry = decode(&value).map_err(|e| self.storage(e))?;
+            let rows = scan_index(view.as_ref(), self.group, cursor, high_watermark, INDEX_SCAN_CHUNK)
+                .map_err(|e| self.storage(e))?;
+            let Some(&(last_base, _)) = rows.last() else { return Ok(high_watermark) };
+            for (base, entry) in rows {
                 if entry.max_timestamp_ms < timestamp_ms {
                     continue;
                 }
-                let (records, batch_timestamp_ms) = self.batch_records(entry.log_index)?;
+                let (records, batch_timestamp_ms) = self.batch_records(view.as_ref(), entry.log_index)?;
                 let found = records.iter().enumerate().find_map(|(i, record)| {
                     let offset = base + i as u64;
                     let stamp = if record.timestamp_ms == 0 { batch_timestamp_ms } else { record.timestamp_ms };
@@ -174,21 +169,20 @@ impl PartitionReader {
                     return Ok(offset);
                 }
             }
-            cursor = last_key;
-            cursor.push(0);
+            cursor = last_base + 1;
         }
     }
 
-    fn batch_records(&self, log_index: u64) -> Result<(Vec<Record>, i64), BrokerError> {
-        let key = group_key(self.group.0, &log_index.to_be_bytes());
-        let bytes = self
-            .engine
-            .get(Space::RaftLog, &key)
-            .map_err(|e| self.storage(e.into()))?
-            .ok_or_else(|| self.storage(std::io::Error::other(format!("log entry {log_index} is missing"))))?;
-        let entry: <PartitionConfig as RaftTypeConfig>::Entry = decode(&bytes).map_err(|e| self.storage(e))?;
+    /// The records of the log entry at `log_index` and the leader's clock reading in it.
+    fn batch_records(&self, view: &dyn EngineView, log_index: u64) -> Result<(Vec<Record>, i64), BrokerError> {
+        let entry =
+            LogLayout::new(self.group).read_entry::<PartitionConfig>(view, log_index).map_err(|e| self.storage(e))?;
+        // The index promised this entry: its absence means our own data is corrupt.
+        let entry = entry.unwrap_or_else(|| {
+            panic!("partition {} index names log entry {log_index}, which is missing from the log", self.group)
+        });
         match entry.payload {
-            EntryPayload::Normal(command) => Ok(command.into_records()),
+            EntryPayload::Normal(entry) => Ok((entry.command.into_records(), entry.now_ms)),
             other => Err(self.storage(std::io::Error::other(format!(
                 "index points at log entry {log_index} that holds no records: {other}"
             )))),
