@@ -24,7 +24,7 @@ fn fetch_request(topic: &str, partition: u32, offset: u64) -> v1::FetchRequest {
 }
 
 fn create_request(name: &str, partitions: u32, replication_factor: u32) -> v1::CreateTopicRequest {
-    v1::CreateTopicRequest { name: name.to_string(), partitions, replication_factor }
+    v1::CreateTopicRequest { name: name.to_string(), partitions, replication_factor, config: Default::default() }
 }
 
 /// Sends every kind of bad request to node `id` alone (forwarded requests must keep their

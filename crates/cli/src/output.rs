@@ -214,6 +214,21 @@ pub fn thousands(n: u64) -> String {
     text
 }
 
+/// A byte count for people: "512 B", "3.0 MiB".
+pub fn bytes_human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// "yes" or "no".
 pub fn yes_no(value: bool) -> String {
     if value { "yes" } else { "no" }.to_string()

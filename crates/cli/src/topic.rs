@@ -1,10 +1,11 @@
-//! `flo topic`: create, list, describe and delete topics, and move a partition's replica.
+//! `flo topic`: create, list, describe, alter and delete topics, trim a partition, and move a
+//! partition's replica.
 
 use clap::Subcommand;
 use flotilla_client::{Client, v1};
 use serde_json::{Value, json};
 
-use crate::output::{Output, Table, print_json, print_text, utc, yes_no};
+use crate::output::{Output, Table, bytes_human, print_json, print_text, utc, yes_no};
 
 /// Topic subcommands.
 #[derive(Debug, Subcommand)]
@@ -20,6 +21,31 @@ pub enum TopicCommand {
         /// picks).
         #[arg(short, long, value_name = "R")]
         replication_factor: Option<u32>,
+        /// A configuration override, KEY=VALUE (repeatable): retention.ms, retention.bytes,
+        /// max.message.bytes. `flo topic describe` shows every key's effective value.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+    },
+    /// Change a topic's configuration.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// Set KEY to VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Return KEY to its default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_config: Vec<String>,
+    },
+    /// Delete a partition's records below an offset (the log start becomes that offset).
+    Trim {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Records at offsets below this one are deleted; at most the high watermark.
+        #[arg(long, value_name = "OFFSET")]
+        before: u64,
     },
     /// List all topics.
     List,
@@ -53,8 +79,10 @@ pub enum TopicCommand {
 /// Runs a topic subcommand.
 pub async fn run(client: &Client, output: Output, command: TopicCommand) -> anyhow::Result<()> {
     match command {
-        TopicCommand::Create { name, partitions, replication_factor } => {
-            let topic = client.create_topic(&name, partitions, replication_factor.unwrap_or(0)).await?;
+        TopicCommand::Create { name, partitions, replication_factor, config } => {
+            let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let topic =
+                client.create_topic_with_config(&name, partitions, replication_factor.unwrap_or(0), &config).await?;
             match output {
                 Output::Json => print_json(&topic_json(&topic)),
                 Output::Table => print_text(&format!(
@@ -90,6 +118,29 @@ pub async fn run(client: &Client, output: Output, command: TopicCommand) -> anyh
                 Output::Table => print_text(&describe_table(&description)),
             }
         }
+        TopicCommand::Alter { name, config, delete_config } => {
+            if config.is_empty() && delete_config.is_empty() {
+                anyhow::bail!("nothing to change: give --config KEY=VALUE or --delete-config KEY");
+            }
+            let set: Vec<(&str, &str)> = config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let delete: Vec<&str> = delete_config.iter().map(String::as_str).collect();
+            let effective = client.alter_topic_config(&name, &set, &delete).await?;
+            match output {
+                Output::Json => print_json(&json!({ "topic": name, "config": config_json(&effective) })),
+                Output::Table => print_text(&format!("altered topic {name}\n\n{}", config_table(&effective))),
+            }
+        }
+        TopicCommand::Trim { topic, partition, before } => {
+            let log_start = client.delete_records(&topic, partition, before).await?;
+            match output {
+                Output::Json => {
+                    print_json(&json!({ "topic": topic, "partition": partition, "log_start_offset": log_start }))
+                }
+                Output::Table => print_text(&format!(
+                    "trimmed {topic} partition {partition}: records below offset {log_start} are deleted\n"
+                )),
+            }
+        }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
             match output {
@@ -108,6 +159,30 @@ pub async fn run(client: &Client, output: Output, command: TopicCommand) -> anyh
             }
         }
     }
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE (for example retention.ms=60000)")),
+    }
+}
+
+fn config_json(config: &[v1::ConfigEntry]) -> Value {
+    config.iter().map(|e| (e.key.clone(), json!({ "value": e.value, "default": e.is_default }))).collect()
+}
+
+fn config_table(config: &[v1::ConfigEntry]) -> String {
+    let mut table = Table::new(vec!["CONFIG", "VALUE", "SOURCE"]);
+    for entry in config {
+        table.row(vec![
+            entry.key.clone(),
+            entry.value.clone(),
+            if entry.is_default { "default" } else { "topic" }.to_string(),
+        ]);
+    }
+    table.render()
 }
 
 fn topic_json(topic: &v1::Topic) -> Value {
@@ -133,7 +208,9 @@ fn describe_json(description: &v1::DescribeTopicResponse) -> Value {
                         "reachable": r.reachable,
                         "is_leader": r.is_leader,
                         "term": r.term,
+                        "log_start_offset": r.log_start_offset,
                         "log_end_offset": r.log_end_offset,
+                        "retained_bytes": r.retained_bytes,
                         "applied_index": r.applied_index,
                     })
                 })
@@ -145,12 +222,14 @@ fn describe_json(description: &v1::DescribeTopicResponse) -> Value {
                 "replicas": p.replicas,
                 "log_start_offset": p.log_start_offset,
                 "high_watermark": p.high_watermark,
+                "retained_bytes": p.retained_bytes,
                 "replica_states": replica_states,
             })
         })
         .collect();
     json!({
         "topic": description.topic.as_ref().map(topic_json),
+        "config": config_json(&description.config),
         "partitions": partitions,
     })
 }
@@ -169,6 +248,10 @@ fn describe_table(description: &v1::DescribeTopicResponse) -> String {
             utc(topic.created_at_ms)
         ));
     }
+    if !description.config.is_empty() {
+        text.push_str(&config_table(&description.config));
+        text.push('\n');
+    }
     let mut table = Table::new(vec![
         "PARTITION",
         "LEADER",
@@ -179,7 +262,9 @@ fn describe_table(description: &v1::DescribeTopicResponse) -> String {
         "REACHABLE",
         "ROLE",
         "TERM",
+        "LOG START",
         "LOG END",
+        "SIZE",
         "APPLIED INDEX",
     ]);
     for partition in sorted_partitions(description) {
@@ -204,10 +289,12 @@ fn describe_table(description: &v1::DescribeTopicResponse) -> String {
             if replica.reachable {
                 cells.push(if replica.is_leader { "leader" } else { "follower" }.to_string());
                 cells.push(replica.term.to_string());
+                cells.push(replica.log_start_offset.to_string());
                 cells.push(replica.log_end_offset.to_string());
+                cells.push(bytes_human(replica.retained_bytes));
                 cells.push(replica.applied_index.to_string());
             } else {
-                cells.extend(["-", "-", "-", "-"].map(String::from));
+                cells.extend(["-", "-", "-", "-", "-", "-"].map(String::from));
             }
             table.row(cells);
         }
@@ -235,6 +322,8 @@ mod tests {
             term: if reachable { 2 } else { 0 },
             log_end_offset: if reachable { 120 } else { 0 },
             applied_index: if reachable { 130 } else { 0 },
+            log_start_offset: if reachable { 20 } else { 0 },
+            retained_bytes: if reachable { 3 << 20 } else { 0 },
         };
         let description = v1::DescribeTopicResponse {
             topic: Some(v1::Topic {
@@ -252,16 +341,31 @@ mod tests {
                 log_start_offset: 0,
                 high_watermark: 120,
                 replica_states: vec![replica(1, true, true), replica(2, false, true), replica(3, false, false)],
+                retained_bytes: 3 << 20,
+            }],
+            config: vec![v1::ConfigEntry {
+                key: "retention.bytes".into(),
+                value: "16777216".into(),
+                is_default: false,
             }],
         };
         let text = describe_table(&description);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("topic orders: id 7, partitions 1,"), "{text}");
-        assert!(lines[3].starts_with("0 ") && lines[3].contains("leader") && lines[3].contains("120"), "{text}");
-        assert!(lines[4].trim_start().starts_with("2 ") && lines[4].contains("follower"), "{text}");
-        assert!(lines[5].trim_start().starts_with("3 ") && lines[5].contains(" no "), "{text}");
+        assert!(
+            lines[3].starts_with("retention.bytes") && lines[3].contains("16777216") && lines[3].contains("topic"),
+            "{text}"
+        );
+        assert!(lines[6].starts_with("0 ") && lines[6].contains("leader") && lines[6].contains("120"), "{text}");
+        assert!(lines[6].contains("3.0 MiB"), "sizes are human-readable: {text}");
+        assert!(lines[7].trim_start().starts_with("2 ") && lines[7].contains("follower"), "{text}");
+        assert!(lines[8].trim_start().starts_with("3 ") && lines[8].contains(" no "), "{text}");
         let json = describe_json(&description);
         assert_eq!(json["partitions"][0]["replica_states"][2]["reachable"], false);
+        assert_eq!(json["partitions"][0]["replica_states"][0]["log_start_offset"], 20);
         assert_eq!(json["topic"]["name"], "orders");
+        assert_eq!(json["config"]["retention.bytes"]["value"], "16777216");
+        assert_eq!(parse_key_value("retention.ms=60000").expect("valid"), ("retention.ms".into(), "60000".into()));
+        assert!(parse_key_value("retention.ms").expect_err("no =").contains("KEY=VALUE"));
     }
 }

@@ -88,6 +88,20 @@ impl AdminService for FakeNode {
         Err(Status::unimplemented("not faked"))
     }
 
+    async fn alter_topic_config(
+        &self,
+        _: Request<v1::AlterTopicConfigRequest>,
+    ) -> Result<Response<v1::AlterTopicConfigResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn delete_records(
+        &self,
+        _: Request<v1::DeleteRecordsRequest>,
+    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<v1::DescribeTopicRequest>,
@@ -112,12 +126,16 @@ impl AdminService for FakeNode {
                     term: 1,
                     log_end_offset: records.len() as u64,
                     applied_index: records.len() as u64,
+                    log_start_offset: 0,
+                    retained_bytes: 0,
                 }],
+                retained_bytes: 0,
             })
             .collect();
         Ok(Response::new(v1::DescribeTopicResponse {
             topic: Some(topic_message(&name, partitions.len())),
             partitions: descriptions,
+            config: Vec::new(),
         }))
     }
 }

@@ -80,7 +80,20 @@ impl Client {
         partitions: u32,
         replication_factor: u32,
     ) -> Result<v1::Topic, ClientError> {
-        let message = v1::CreateTopicRequest { name: name.to_string(), partitions, replication_factor };
+        self.create_topic_with_config(name, partitions, replication_factor, &[]).await
+    }
+
+    /// [`Client::create_topic`] with configuration overrides (`("retention.bytes",
+    /// "16777216")`, ...); every other key takes its default.
+    pub async fn create_topic_with_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: &[(&str, &str)],
+    ) -> Result<v1::Topic, ClientError> {
+        let config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let message = v1::CreateTopicRequest { name: name.to_string(), partitions, replication_factor, config };
         let response = self
             .router
             .call("create topic", Target::Any, Duration::ZERO, |channel, timeout| {
@@ -351,7 +364,7 @@ impl Client {
         }
     }
 
-    fn admin(&self, channel: Channel) -> AdminServiceClient<Channel> {
+    pub(crate) fn admin(&self, channel: Channel) -> AdminServiceClient<Channel> {
         let limit = self.router.config().message_bytes_max;
         AdminServiceClient::new(channel).max_decoding_message_size(limit).max_encoding_message_size(limit)
     }

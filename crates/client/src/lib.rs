@@ -21,6 +21,7 @@ mod metadata_cache;
 mod plan;
 pub mod producer;
 mod router;
+mod topic_admin;
 
 pub use client::{Client, LOCAL_CLUSTER};
 pub use config::ClientConfig;

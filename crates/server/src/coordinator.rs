@@ -15,7 +15,9 @@ use std::time::Duration;
 use flotilla_metadata::{LeaveReason, MemberView, MetaCommand, TopicPartition};
 use tokio::time::Instant;
 
-use crate::api::{ApiError, METADATA_TIMEOUT, NodeState, group_error};
+use crate::api_error::ApiError;
+use crate::context::NodeContext;
+use crate::routing::METADATA_TIMEOUT;
 
 /// How often the leader looks for expired members.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -50,7 +52,7 @@ impl Sessions {
 /// A heartbeat at the metadata leader: notes the member alive, releases the revoked partitions
 /// it no longer reports, and answers what it should consume.
 pub async fn heartbeat(
-    state: &NodeState,
+    state: &NodeContext,
     group: &str,
     member_id: u64,
     owned: BTreeSet<TopicPartition>,
@@ -62,10 +64,10 @@ pub async fn heartbeat(
     let view = catalogue
         .groups
         .get(group)
-        .ok_or_else(|| group_error(flotilla_metadata::GroupError::UnknownGroup { group: group.to_string() }))?
+        .ok_or_else(|| ApiError::from(flotilla_metadata::GroupError::UnknownGroup { group: group.to_string() }))?
         .view(member_id)
         .ok_or_else(|| {
-            group_error(flotilla_metadata::GroupError::UnknownMember { group: group.to_string(), member_id })
+            ApiError::from(flotilla_metadata::GroupError::UnknownMember { group: group.to_string(), member_id })
         })?;
     {
         let mut sessions = state.sessions.lock();
@@ -85,7 +87,7 @@ pub async fn heartbeat(
 
 /// Evicts members that went silent or hold revoked partitions too long, while this node leads
 /// the metadata group. Runs for the node's lifetime.
-pub async fn run_coordinator(state: Arc<NodeState>) {
+pub async fn run_coordinator(state: Arc<NodeContext>) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -104,7 +106,7 @@ pub async fn run_coordinator(state: Arc<NodeState>) {
 }
 
 /// Members to evict now, with why. Starts the clocks of members seen for the first time.
-fn expired(state: &NodeState, term: u64) -> Vec<(MemberKey, LeaveReason)> {
+fn expired(state: &NodeContext, term: u64) -> Vec<(MemberKey, LeaveReason)> {
     let catalogue = state.meta.catalogue();
     let now = Instant::now();
     let mut sessions = state.sessions.lock();

@@ -23,6 +23,23 @@ pub enum NodeError {
         data_dir.display()
     )]
     WipedDisk { node_id: NodeId, data_dir: PathBuf, answered_by: NodeId },
+    /// The data directory was written in a storage format this build cannot read.
+    #[error(
+        "data directory {} was written {}; this build reads storage format version {}: refusing to start. {}",
+        data_dir.display(),
+        match found {
+            Some(version) => format!("in storage format version {version}"),
+            None => "by a build from before stored formats were versioned".to_string(),
+        },
+        crate::node::STORAGE_FORMAT_VERSION,
+        match found {
+            Some(version) if *version > crate::node::STORAGE_FORMAT_VERSION =>
+                "It comes from a newer build of Flotilla: run that build (or newer) on it.",
+            _ => "Its data cannot be upgraded in place: start the cluster on empty data directories (for the local \
+                  cluster, `make clean-data`), or run the build that wrote it.",
+        }
+    )]
+    StorageFormat { data_dir: PathBuf, found: Option<u8> },
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] flotilla_storage::StorageError),
@@ -40,6 +57,7 @@ impl NodeError {
         match self {
             NodeError::NodeIdMismatch { .. } => Some(ErrorCode::NodeIdMismatch),
             NodeError::WipedDisk { .. } => Some(ErrorCode::WipedDisk),
+            NodeError::StorageFormat { .. } => Some(ErrorCode::UnsupportedStorageFormat),
             _ => None,
         }
     }

@@ -4,16 +4,21 @@
 //! in-memory engine and turmoil sockets.
 
 mod api;
+mod api_error;
 mod config;
+mod context;
 mod coordinator;
+mod entry_clock;
 mod error;
 mod http;
 mod membership;
 mod meta;
 mod node;
+mod partition_driver;
 mod partitions;
 mod peers;
 mod proposal_order;
+mod routing;
 
 pub use config::{FileConfig, NodeConfig, RocksFileConfig, parse_initial_cluster};
 pub use error::NodeError;

@@ -29,7 +29,7 @@ use flotilla_types::{GroupId, NodeId};
 use parking_lot::Mutex;
 use tonic::Request;
 
-use crate::api::NodeState;
+use crate::context::NodeContext;
 use crate::partitions::Replica;
 
 /// Pause between two passes over the local replicas.
@@ -55,7 +55,7 @@ impl Drop for Done {
 
 /// Runs forever: drives membership changes of the groups this node leads and retires the
 /// replicas this node was moved out of.
-pub async fn run_membership(state: Arc<NodeState>) {
+pub async fn run_membership(state: Arc<NodeContext>) {
     let in_flight: InFlight = Arc::new(Mutex::new(BTreeSet::new()));
     loop {
         tokio::time::sleep(ROUND).await;
@@ -161,7 +161,7 @@ async fn drive(replica: &Replica, target: &BTreeSet<NodeId>, catalogue: &Metadat
 
 /// Run by a replica the catalogue moved away: retires it once the group's committed
 /// membership no longer has this node.
-async fn retire_if_removed(state: &NodeState, replica: &Replica, target: &BTreeSet<NodeId>) {
+async fn retire_if_removed(state: &NodeContext, replica: &Replica, target: &BTreeSet<NodeId>) {
     let me = state.node_id;
     let group = replica.group;
     let (voters, learners, settled) = replica.membership();
@@ -186,7 +186,7 @@ async fn retire_if_removed(state: &NodeState, replica: &Replica, target: &BTreeS
 }
 
 /// `node`'s view of `group`: whether it leads, its members, whether its membership is settled.
-async fn ask(state: &NodeState, node: NodeId, group: GroupId) -> Option<(bool, Vec<NodeId>, bool)> {
+async fn ask(state: &NodeContext, node: NodeId, group: GroupId) -> Option<(bool, Vec<NodeId>, bool)> {
     let address = state.client_address_of(node)?;
     let channel = state.peers.channel(&address).ok()?;
     let mut request = Request::new(LocalReplicasRequest { group_ids: vec![group.0] });

@@ -15,7 +15,7 @@ use flotilla_types::{ErrorCode, METADATA_GROUP, NodeId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::ApiError;
+use crate::api_error::ApiError;
 
 /// The metadata Raft handle.
 pub type MetaRaft = Raft<MetaConfig, StateMachineStore<MetaConfig, MetadataStateMachine>>;
@@ -104,7 +104,7 @@ impl Meta {
     pub async fn propose_group(&self, command: MetaCommand, timeout: Duration) -> Result<GroupReply, ApiError> {
         let what = command.to_string();
         match self.propose_reply(command, timeout).await? {
-            MetaReply::Group(outcome) => outcome.map_err(crate::api::group_error),
+            MetaReply::Group(outcome) => outcome.map_err(ApiError::from),
             other => Err(ApiError::new(
                 ErrorCode::Internal,
                 format!("the metadata group answered group command \"{what}\" with {other:?}"),

@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
-use crate::api::{AdminApi, ClusterApi, FetchApi, GroupApi, NodeState, ProduceApi};
+use crate::api::{AdminApi, ClusterApi, FetchApi, GroupApi, ProduceApi};
+use crate::context::NodeContext;
 use crate::http::MetricsFn;
 use crate::meta::Meta;
 use crate::partitions::{Partitions, run_leader_reporter};
@@ -37,6 +38,13 @@ use crate::{NodeConfig, NodeError};
 
 /// Key of the node id in the engine's node space.
 const NODE_ID_KEY: &[u8] = b"node_id";
+/// Key of the data directory's storage format version in the node space, written with the
+/// node id when a node claims an empty directory.
+const STORAGE_FORMAT_KEY: &[u8] = b"storage_format";
+/// The layout of everything a node stores (spaces, key layouts; each stored value carries a
+/// version of its own as well). A build reads only its own layout: a directory of another
+/// layout is refused at start, naming both versions (ARCHITECTURE.md, "Stored formats").
+pub const STORAGE_FORMAT_VERSION: u8 = 1;
 /// Largest gRPC message a node accepts: a full produce batch plus framing.
 const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Concurrent requests one client connection may have in flight.
@@ -85,9 +93,21 @@ fn stored_identity(engine: &dyn Engine, node_id: NodeId) -> Result<Option<NodeId
 fn claim_identity(engine: &dyn Engine, node_id: NodeId) -> Result<(), NodeError> {
     let mut batch = WriteBatch::new();
     batch.put(Space::Node, NODE_ID_KEY.to_vec(), node_id.to_be_bytes().to_vec());
+    batch.put(Space::Node, STORAGE_FORMAT_KEY.to_vec(), vec![STORAGE_FORMAT_VERSION]);
     engine.write(batch)?;
     engine.sync()?;
     Ok(())
+}
+
+/// Refuses a claimed data directory this build cannot read: one written before formats were
+/// versioned (no format key), or by a build with another storage layout.
+fn check_storage_format(engine: &dyn Engine, data_dir: &std::path::Path) -> Result<(), NodeError> {
+    let found = engine.get(Space::Node, STORAGE_FORMAT_KEY)?;
+    match found.as_deref() {
+        Some([STORAGE_FORMAT_VERSION]) => Ok(()),
+        Some([version]) => Err(NodeError::StorageFormat { data_dir: data_dir.to_path_buf(), found: Some(*version) }),
+        Some(_) | None => Err(NodeError::StorageFormat { data_dir: data_dir.to_path_buf(), found: None }),
+    }
 }
 
 /// What this node answers a peer that asks whether the catalogue lists it (`Introduce`).
@@ -219,6 +239,9 @@ pub async fn run(
     let node_id = config.node_id;
     let NodeSeams { engine, connector, client_incoming, peer_incoming, clock, seed, on_metrics } = seams;
     let claimed = stored_identity(engine.as_ref(), node_id)?.is_some();
+    if claimed {
+        check_storage_format(engine.as_ref(), &config.data_dir)?;
+    }
     let transport = Transport::new(node_id, TransportConfig::default(), connector.clone());
     let registry = GroupRegistry::new();
 
@@ -288,7 +311,9 @@ pub async fn run(
     // Launching it registers it, from which point the peer server routes its traffic.
     let (state_machine, catalogue) = MetadataStateMachine::new();
     let app = Arc::new(parking_lot::Mutex::new(state_machine));
-    let meta_raft = launcher.launch(METADATA_GROUP, app, PurgeMode::Delete, config.raft.metadata()?).await?;
+    let meta_raft = launcher
+        .launch(METADATA_GROUP, app, PurgeMode::Delete, config.raft.metadata()?, config.raft.append_bytes_max)
+        .await?;
     *desk.write() = Desk::Catalogue(catalogue.clone());
 
     if config.initial_cluster.contains_key(&node_id) && !meta_raft.is_initialized().await.unwrap_or(true) {
@@ -308,7 +333,7 @@ pub async fn run(
     }
 
     let meta = Arc::new(Meta::new(node_id, meta_raft.clone(), Arc::clone(&transport), catalogue));
-    let (partitions, reports) = Partitions::new(launcher, config.raft.clone());
+    let (partitions, reports) = Partitions::new(launcher, config.raft.clone(), Arc::clone(&clock));
     let mut tasks = vec![
         tokio::spawn(reconcile_partitions(Arc::clone(&meta), Arc::clone(&partitions))),
         tokio::spawn(run_leader_reporter(Arc::clone(&meta), reports)),
@@ -320,7 +345,7 @@ pub async fn run(
         )),
     ];
 
-    let state = Arc::new(NodeState {
+    let state = Arc::new(NodeContext {
         node_id,
         meta: Arc::clone(&meta),
         partitions: Arc::clone(&partitions),
@@ -443,7 +468,7 @@ async fn register_node(meta: Arc<Meta>, node_id: NodeId, peer_address: String, c
     }
 }
 
-fn render_metrics(state: &NodeState) -> String {
+fn render_metrics(state: &NodeContext) -> String {
     use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
     let replicas = state.partitions.all();
     let leading = replicas.iter().filter(|r| r.is_leader(state.node_id)).count();
@@ -462,7 +487,7 @@ fn render_metrics(state: &NodeState) -> String {
             "flotilla_partition_high_watermark{{node=\"{}\",group=\"{}\"}} {}\n",
             state.node_id,
             replica.group,
-            replica.watermarks.borrow().high_watermark
+            replica.watermarks().high_watermark
         ));
     }
     out.push_str(
@@ -520,6 +545,29 @@ mod tests {
         assert_eq!(stored_identity(&engine, 3).expect("readable"), Some(3));
         let err = stored_identity(&engine, 4).expect_err("another node's directory");
         assert!(matches!(err, NodeError::NodeIdMismatch { configured: 4, found: 3 }), "{err}");
+        check_storage_format(&engine, std::path::Path::new("/d")).expect("the claim records this build's format");
+    }
+
+    #[test]
+    fn a_directory_of_another_storage_format_is_refused_naming_both_versions() {
+        let dir = std::path::Path::new("/var/lib/flotilla");
+        // Written before formats were versioned: a node id, no format key.
+        let engine = MemoryEngine::new();
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Node, NODE_ID_KEY.to_vec(), 3u64.to_be_bytes().to_vec());
+        engine.write(batch).expect("write");
+        let err = check_storage_format(&engine, dir).expect_err("unversioned");
+        assert_eq!(err.code(), Some(flotilla_types::ErrorCode::UnsupportedStorageFormat));
+        let message = err.to_string();
+        assert!(
+            message.contains("/var/lib/flotilla") && message.contains("before") && message.contains("version 1"),
+            "{message}"
+        );
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Node, STORAGE_FORMAT_KEY.to_vec(), vec![9]);
+        engine.write(batch).expect("write");
+        let message = check_storage_format(&engine, dir).expect_err("newer").to_string();
+        assert!(message.contains("version 9") && message.contains("newer"), "{message}");
     }
 
     #[test]

@@ -5,17 +5,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_broker::{PartitionConfig, PartitionReader, PartitionStateMachine, PartitionWatermarks};
+use flotilla_broker::{
+    PartitionCommand, PartitionConfig, PartitionEntry, PartitionReader, PartitionStateMachine, PartitionStatus,
+    PartitionWatermarks,
+};
 use flotilla_metadata::{MetaCommand, MetadataState};
 use flotilla_raft::openraft::{Raft, ServerState};
 use flotilla_raft::{GroupLauncher, NodeInfo, PurgeMode, RaftConfig, StateMachineStore};
 use flotilla_storage::{Direction, Space, WriteBatch, group_prefix_range};
-use flotilla_types::{GroupId, NodeId};
+use flotilla_types::{Clock, GroupId, NodeId, RetentionPolicy};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 
 use crate::NodeError;
+use crate::entry_clock::EntryClock;
 use crate::meta::Meta;
+use crate::partition_driver::{self, Driver};
 
 /// A partition group's Raft handle.
 pub type PartitionRaft = Raft<PartitionConfig, StateMachineStore<PartitionConfig, PartitionStateMachine>>;
@@ -30,12 +35,29 @@ pub struct Replica {
     pub group: GroupId,
     pub raft: PartitionRaft,
     pub reader: PartitionReader,
-    pub watermarks: watch::Receiver<PartitionWatermarks>,
+    /// What the partition published after its last apply batch.
+    pub status: watch::Receiver<PartitionStatus>,
     /// Keeps each idempotent producer's batches in sequence order on their way into Raft.
     pub proposal_order: crate::proposal_order::ProposalOrder,
+    /// The node's wall clock and this leader's readings of it for entries.
+    clock: Arc<dyn Clock>,
+    entry_clock: Arc<EntryClock>,
+    /// A `Configure` proposal is in flight (one at a time per replica).
+    configuring: std::sync::atomic::AtomicBool,
 }
 
 impl Replica {
+    /// The offsets the replica holds, as of its last apply.
+    pub fn watermarks(&self) -> PartitionWatermarks {
+        self.status.borrow().watermarks
+    }
+
+    /// The clock reading for an entry this replica proposes now, as the leader
+    /// ([`EntryClock`]).
+    pub fn stamp(&self) -> i64 {
+        stamp(&self.raft, &self.entry_clock, self.clock.as_ref(), &self.status)
+    }
+
     /// The leader as this replica sees it, with its addresses.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
@@ -69,10 +91,23 @@ impl Replica {
     }
 }
 
+/// A leader's clock reading for its next entry: the term's, bounded by [`EntryClock`].
+fn stamp(
+    raft: &PartitionRaft,
+    entry_clock: &EntryClock,
+    clock: &dyn Clock,
+    status: &watch::Receiver<PartitionStatus>,
+) -> i64 {
+    use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
+    let term = raft.metrics().borrow_watched().current_term;
+    entry_clock.stamp(term, clock.now_ms(), status.borrow().now_ms)
+}
+
 /// The partition replicas of this node.
 pub struct Partitions {
     launcher: Arc<GroupLauncher>,
     raft_config: RaftConfig,
+    clock: Arc<dyn Clock>,
     replicas: RwLock<BTreeMap<GroupId, Arc<Replica>>>,
     /// Groups this process retired after a move: never started again.
     retired: parking_lot::Mutex<BTreeSet<GroupId>>,
@@ -84,11 +119,13 @@ impl Partitions {
     pub fn new(
         launcher: Arc<GroupLauncher>,
         raft_config: RaftConfig,
+        clock: Arc<dyn Clock>,
     ) -> (Arc<Partitions>, mpsc::Receiver<(GroupId, NodeId, u64)>) {
         let (reports, rx) = mpsc::channel(REPORT_QUEUE);
         let partitions = Arc::new(Partitions {
             launcher,
             raft_config,
+            clock,
             replicas: RwLock::new(BTreeMap::new()),
             retired: parking_lot::Mutex::new(BTreeSet::new()),
             reports,
@@ -153,6 +190,7 @@ impl Partitions {
                 wanted.insert(group, None);
             }
         }
+        self.configure_leaders(catalogue);
         for (group, bootstrap) in wanted {
             if self.get(group).is_some() || self.retired.lock().contains(&group) {
                 continue;
@@ -163,6 +201,26 @@ impl Partitions {
                 }
                 Err(err) => tracing::error!(%group, error = %err, "starting partition replica failed"),
             }
+        }
+    }
+
+    /// Brings each topic's retention into the partitions this node leads whose applied
+    /// retention differs: a `Configure` entry, so every replica applies a change at the same
+    /// position in the log. Runs on every catalogue change, which includes every leader report,
+    /// so a new leader catches up with the catalogue as soon as it has reported itself.
+    fn configure_leaders(&self, catalogue: &MetadataState) {
+        let me = self.launcher.node_id();
+        for replica in self.all() {
+            let Some((topic_id, _)) = replica.group.partition() else { continue };
+            let Some(topic) = catalogue.topic_by_id(topic_id) else { continue };
+            let wanted = topic.config.retention();
+            if replica.status.borrow().retention == wanted || !replica.is_leader(me) {
+                continue;
+            }
+            if replica.configuring.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                continue;
+            }
+            tokio::spawn(configure(Arc::clone(&replica), wanted));
         }
     }
 
@@ -184,10 +242,12 @@ impl Partitions {
     ) -> Result<Arc<Replica>, NodeError> {
         let storage = |err: std::io::Error| flotilla_raft::RaftGlueError::Start { group, message: err.to_string() };
         let engine = Arc::clone(self.launcher.engine());
-        let (state_machine, watermarks) = PartitionStateMachine::open(group, Arc::clone(&engine)).map_err(storage)?;
+        let (state_machine, watches) = PartitionStateMachine::open(group, Arc::clone(&engine)).map_err(storage)?;
+        let reader = state_machine.reader();
         let app = Arc::new(parking_lot::Mutex::new(state_machine));
         let config = self.raft_config.partition(group)?;
-        let raft = self.launcher.launch(group, app, PurgeMode::KeepEntries, config).await?;
+        let purge = PurgeMode::KeepRecords(watches.floor.clone());
+        let raft = self.launcher.launch(group, app, purge, config, self.raft_config.append_bytes_max).await?;
         let node_id = self.launcher.node_id();
         // Every original replica bootstraps the group with the same membership: the identical
         // first entry on each is what makes that safe, and it means no single replica has to
@@ -199,13 +259,29 @@ impl Partitions {
             tracing::debug!(%group, error = %err, "partition already initialized");
         }
         tokio::spawn(report_leadership(node_id, group, raft.clone(), self.reports.clone()));
+        let entry_clock = Arc::new(EntryClock::default());
+        let stamp = {
+            let (raft, entry_clock, clock, status) =
+                (raft.clone(), Arc::clone(&entry_clock), Arc::clone(&self.clock), watches.status.clone());
+            Arc::new(move || stamp(&raft, &entry_clock, clock.as_ref(), &status))
+        };
+        tokio::spawn(partition_driver::run(Driver {
+            node_id,
+            raft: raft.clone(),
+            maintenance: watches.maintenance,
+            clock: Arc::clone(&self.clock),
+            stamp,
+        }));
         tracing::info!(%group, "partition replica started");
         Ok(Arc::new(Replica {
             group,
             raft,
-            reader: PartitionReader::new(group, engine),
-            watermarks,
+            reader,
+            status: watches.status,
             proposal_order: Default::default(),
+            clock: Arc::clone(&self.clock),
+            entry_clock,
+            configuring: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -242,6 +318,19 @@ impl Partitions {
             let _ = replica.raft.shutdown().await;
         }
     }
+}
+
+/// Proposes `retention` into the partition `replica` leads.
+async fn configure(replica: Arc<Replica>, retention: RetentionPolicy) {
+    let entry = PartitionEntry { now_ms: replica.stamp(), command: PartitionCommand::Configure { retention } };
+    match tokio::time::timeout(REPORT_TIMEOUT, replica.raft.client_write(entry)).await {
+        Ok(Ok(_)) => flotilla_types::coverage!("partition_configured"),
+        Ok(Err(err)) => {
+            tracing::debug!(group = %replica.group, error = %err, "configuration not applied; retried later")
+        }
+        Err(_) => tracing::debug!(group = %replica.group, "configuration not committed within {REPORT_TIMEOUT:?}"),
+    }
+    replica.configuring.store(false, std::sync::atomic::Ordering::Release);
 }
 
 /// Watches one replica and queues a report each time it becomes leader in a new term.

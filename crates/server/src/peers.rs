@@ -6,7 +6,7 @@ use flotilla_proto::net::{ChannelSettings, Connector, channel};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
-use crate::api::ApiError;
+use crate::api_error::ApiError;
 use flotilla_types::ErrorCode;
 
 /// Channels by address.

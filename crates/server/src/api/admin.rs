@@ -1,23 +1,32 @@
-//! `AdminService`: topic create, delete, list and describe.
+//! `AdminService`: topic create, delete, list, describe and configuration; replica moves;
+//! record deletion.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_metadata::{MetaCommand, MetaError, MetaResponse, TopicRecord};
+use flotilla_broker::{PartitionCommand, PartitionEntry, PartitionResponse};
+use flotilla_metadata::{MetaCommand, MetaError, MetaResponse};
+use flotilla_proto::v1::admin_service_client::AdminServiceClient;
 use flotilla_proto::v1::admin_service_server::AdminService;
 use flotilla_proto::v1::cluster_service_client::ClusterServiceClient;
 use flotilla_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest,
-    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, LocalReplica, LocalReplicasRequest,
-    MoveReplicaRequest, MoveReplicaResponse, PartitionDescription, ReplicaState, Topic,
+    AlterTopicConfigRequest, AlterTopicConfigResponse, CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
+    ListTopicsRequest, ListTopicsResponse, LocalReplica, LocalReplicasRequest, MoveReplicaRequest, MoveReplicaResponse,
+    PartitionDescription, ReplicaState,
 };
-use flotilla_types::{ErrorCode, NodeId, validate_topic_name};
+use flotilla_types::{ErrorCode, NodeId, TopicConfig, validate_topic_name};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::cluster::local_replicas;
-use super::{ApiError, METADATA_TIMEOUT, NodeState, RETRY_PAUSE};
+use super::convert::{config_entries, topic_message};
+use crate::api_error::{ApiError, from_status};
+use crate::context::NodeContext;
+use crate::routing::{
+    Attempt, FORWARD_TIMEOUT, Leadership, METADATA_TIMEOUT, RETRY_PAUSE, at_leader, forwarded, is_forwarded,
+};
 
 /// Replication factor when a request leaves it at 0.
 const DEFAULT_REPLICATION_FACTOR: u32 = 3;
@@ -26,41 +35,14 @@ const REPLICA_REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `flotilla.v1.AdminService`.
 pub struct AdminApi {
-    state: Arc<NodeState>,
+    state: Arc<NodeContext>,
 }
 
 impl AdminApi {
     /// The service over `state`.
-    pub fn new(state: Arc<NodeState>) -> Self {
+    pub fn new(state: Arc<NodeContext>) -> Self {
         AdminApi { state }
     }
-}
-
-/// The wire form of a topic.
-pub fn topic_message(topic: &TopicRecord) -> Topic {
-    Topic {
-        name: topic.name.clone(),
-        id: topic.id.0,
-        partitions: topic.partitions,
-        replication_factor: topic.replication_factor,
-        created_at_ms: topic.created_at_ms,
-    }
-}
-
-fn meta_error(err: MetaError) -> ApiError {
-    let code = match &err {
-        MetaError::TopicExists { .. } => ErrorCode::TopicExists,
-        MetaError::UnknownTopic { .. } => ErrorCode::UnknownTopic,
-        MetaError::ReplicationFactorTooLarge { .. } => ErrorCode::ReplicationFactorTooLarge,
-        MetaError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
-        MetaError::InvalidPartitionCount { .. } => ErrorCode::InvalidPartitionCount,
-        MetaError::UnknownPartition { .. } => ErrorCode::PartitionOutOfRange,
-        MetaError::NotAReplica { .. }
-        | MetaError::UnknownNode { .. }
-        | MetaError::AlreadyAReplica { .. }
-        | MetaError::FormerReplica { .. } => ErrorCode::InvalidRequest,
-    };
-    ApiError::new(code, err.to_string())
 }
 
 #[tonic::async_trait]
@@ -74,7 +56,7 @@ impl AdminService for AdminApi {
         validate_topic_name(&request.name)
             .map_err(|err| ApiError::new(ErrorCode::InvalidTopicName, err.to_string()))?;
         if request.partitions == 0 || request.partitions > state.limits.partitions_max {
-            return Err(meta_error(MetaError::InvalidPartitionCount {
+            return Err(ApiError::from(MetaError::InvalidPartitionCount {
                 requested: request.partitions,
                 max: state.limits.partitions_max,
             })
@@ -93,18 +75,22 @@ impl AdminService for AdminApi {
             0 => DEFAULT_REPLICATION_FACTOR.min(nodes.max(1)),
             rf => rf,
         };
-        catalogue.check_create_topic(&request.name, request.partitions, replication_factor).map_err(meta_error)?;
+        catalogue.check_create_topic(&request.name, request.partitions, replication_factor).map_err(ApiError::from)?;
+        let config = TopicConfig::default()
+            .altered(&request.config.into_iter().collect(), &[], &state.limits)
+            .map_err(|source| ApiError::from(MetaError::InvalidConfig { topic: request.name.clone(), source }))?;
         let command = MetaCommand::CreateTopic {
             name: request.name.clone(),
             partitions: request.partitions,
             replication_factor,
             created_at_ms: state.clock.now_ms(),
+            config,
         };
         let topic = match state.meta.propose(command, METADATA_TIMEOUT).await? {
             MetaResponse::TopicCreated(topic) => topic,
-            MetaResponse::Rejected(err) => return Err(meta_error(err).into()),
-            MetaResponse::Done => {
-                return Err(ApiError::new(ErrorCode::Internal, "create topic returned nothing").into());
+            MetaResponse::Rejected(err) => return Err(ApiError::from(err).into()),
+            MetaResponse::Done | MetaResponse::TopicAltered(_) => {
+                return Err(ApiError::new(ErrorCode::Internal, "create topic returned no topic").into());
             }
         };
         // Answer once this node's catalogue has the topic, so the caller's next request to
@@ -124,7 +110,7 @@ impl AdminService for AdminApi {
         let state = &self.state;
         state.topic(&request.name)?;
         match state.meta.propose(MetaCommand::DeleteTopic { name: request.name.clone() }, METADATA_TIMEOUT).await? {
-            MetaResponse::Rejected(err) => Err(meta_error(err).into()),
+            MetaResponse::Rejected(err) => Err(ApiError::from(err).into()),
             _ => Ok(Response::new(DeleteTopicResponse {})),
         }
     }
@@ -136,10 +122,10 @@ impl AdminService for AdminApi {
         let request = request.into_inner();
         let state = &self.state;
         let (topic, partition, from, to) = (request.topic, request.partition, request.from_node, request.to_node);
-        state.meta.catalogue().check_move_replica(&topic, partition, from, to).map_err(meta_error)?;
+        state.meta.catalogue().check_move_replica(&topic, partition, from, to).map_err(ApiError::from)?;
         let command = MetaCommand::MoveReplica { topic: topic.clone(), partition, from, to };
         if let MetaResponse::Rejected(err) = state.meta.propose(command, METADATA_TIMEOUT).await? {
-            return Err(meta_error(err).into());
+            return Err(ApiError::from(err).into());
         }
         // Answer once this node's catalogue has the move, so a describe sent here next shows it.
         let deadline = Instant::now() + METADATA_TIMEOUT;
@@ -212,6 +198,8 @@ impl AdminService for AdminApi {
                         term: report.term,
                         log_end_offset: report.log_end_offset,
                         applied_index: report.applied_index,
+                        log_start_offset: report.log_start_offset,
+                        retained_bytes: report.retained_bytes,
                     },
                     None => ReplicaState { node_id: *node, reachable: false, ..Default::default() },
                 })
@@ -224,8 +212,111 @@ impl AdminService for AdminApi {
                 log_start_offset: leader_report.map_or(0, |r| r.log_start_offset),
                 high_watermark: leader_report.map_or(0, |r| r.log_end_offset),
                 replica_states,
+                retained_bytes: leader_report.map_or(0, |r| r.retained_bytes),
             });
         }
-        Ok(Response::new(DescribeTopicResponse { topic: Some(topic_message(&topic)), partitions }))
+        Ok(Response::new(DescribeTopicResponse {
+            topic: Some(topic_message(&topic)),
+            partitions,
+            config: config_entries(&topic.config, &state.limits),
+        }))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let request = request.into_inner();
+        let state = &self.state;
+        let set: std::collections::BTreeMap<String, String> = request.set.into_iter().collect();
+        let batch_bytes_max = state.limits.batch_bytes_max as u64;
+        // An early, friendly check; apply judges again against the config it finds.
+        state
+            .meta
+            .catalogue()
+            .check_alter_topic_config(&request.name, &set, &request.delete, batch_bytes_max)
+            .map_err(ApiError::from)?;
+        let command =
+            MetaCommand::AlterTopicConfig { name: request.name.clone(), set, unset: request.delete, batch_bytes_max };
+        let topic = match state.meta.propose(command, METADATA_TIMEOUT).await? {
+            MetaResponse::TopicAltered(topic) => topic,
+            MetaResponse::Rejected(err) => return Err(ApiError::from(err).into()),
+            other => {
+                return Err(ApiError::new(ErrorCode::Internal, format!("alter topic config answered {other:?}")).into());
+            }
+        };
+        // Answer once this node's catalogue has the change, so a describe sent here shows it.
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        while state.meta.catalogue().topics.get(&topic.name).is_some_and(|t| t.config != topic.config)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        Ok(Response::new(AlterTopicConfigResponse { config: config_entries(&topic.config, &state.limits) }))
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<DeleteRecordsRequest>,
+    ) -> Result<Response<DeleteRecordsResponse>, Status> {
+        let was_forwarded = is_forwarded(&request);
+        let request = request.into_inner();
+        let state = &self.state;
+        let topic = state.topic(&request.topic)?;
+        state.check_partition(&topic, request.partition)?;
+        let what = format!("partition {} of topic {:?}", request.partition, topic.name);
+        let target = Leadership::partition(state, topic.group(request.partition), what.clone());
+        let (request, what) = (&request, &what);
+        let log_start = at_leader(
+            state,
+            &target,
+            was_forwarded,
+            |replica| async move {
+                let marks = replica.watermarks();
+                if request.before_offset > marks.high_watermark {
+                    // The early answer; apply refuses it again against the watermark it sees.
+                    return Attempt::Done(Err(ApiError::rejected(
+                        what,
+                        flotilla_broker::PartitionRejection::TrimBeyondHighWatermark {
+                            before_offset: request.before_offset,
+                            high_watermark: marks.high_watermark,
+                        },
+                    )));
+                }
+                let entry = PartitionEntry {
+                    now_ms: replica.stamp(),
+                    command: PartitionCommand::DeleteRecords { before_offset: request.before_offset },
+                };
+                match replica.raft.client_write(entry).await {
+                    Ok(written) => Attempt::Done(match written.data {
+                        PartitionResponse::Trimmed { log_start } => Ok(log_start),
+                        PartitionResponse::Rejected(rejection) => Err(ApiError::rejected(what, rejection)),
+                        other => Err(ApiError::new(
+                            ErrorCode::Internal,
+                            format!("{what}: delete records answered {other:?}"),
+                        )),
+                    }),
+                    // A trim is idempotent (deleting below an offset twice deletes nothing more),
+                    // so any failure to learn the outcome is retried.
+                    Err(err) => {
+                        Attempt::Retry(ApiError::from_propose(what, flotilla_raft::endpoint_propose_error(err)))
+                    }
+                }
+            },
+            |channel| async move {
+                let result = AdminServiceClient::new(channel)
+                    .delete_records(forwarded(request.clone(), FORWARD_TIMEOUT))
+                    .await
+                    .map(|response| response.into_inner().log_start_offset)
+                    .map_err(|status| from_status(&status));
+                match result {
+                    // Idempotent as above: transport failures and retriable codes are retried.
+                    Err(err) if err.code.is_retriable() => Attempt::Retry(err),
+                    other => Attempt::Done(other),
+                }
+            },
+        )
+        .await?;
+        Ok(Response::new(DeleteRecordsResponse { log_start_offset: log_start }))
     }
 }

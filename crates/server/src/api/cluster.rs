@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_broker::{BrokerError, replica_digest};
+use flotilla_broker::replica_digest;
 use flotilla_proto::v1::cluster_service_client::ClusterServiceClient;
 use flotilla_proto::v1::cluster_service_server::ClusterService;
 use flotilla_proto::v1::{
@@ -17,26 +17,28 @@ use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
 use flotilla_types::{ErrorCode, GroupId};
 use tonic::{Request, Response, Status};
 
-use super::admin::topic_message;
-use super::{ApiError, FORWARD_TIMEOUT, NodeState, forwarded, is_forwarded};
+use super::convert::topic_message;
+use crate::api_error::ApiError;
+use crate::context::NodeContext;
+use crate::routing::{FORWARD_TIMEOUT, forwarded, is_forwarded};
 
 /// A node that acknowledged the metadata leader within this window counts as live.
 const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
 
 /// Serves `flotilla.v1.ClusterService`.
 pub struct ClusterApi {
-    state: Arc<NodeState>,
+    state: Arc<NodeContext>,
 }
 
 impl ClusterApi {
     /// The service over `state`.
-    pub fn new(state: Arc<NodeState>) -> Self {
+    pub fn new(state: Arc<NodeContext>) -> Self {
         ClusterApi { state }
     }
 }
 
 /// This node's report on its replicas of `groups` (all when empty).
-pub fn local_replicas(state: &NodeState, groups: &[u64]) -> Vec<LocalReplica> {
+pub fn local_replicas(state: &NodeContext, groups: &[u64]) -> Vec<LocalReplica> {
     let wanted: BTreeSet<u64> = groups.iter().copied().collect();
     state
         .partitions
@@ -46,7 +48,8 @@ pub fn local_replicas(state: &NodeState, groups: &[u64]) -> Vec<LocalReplica> {
         .map(|replica| {
             let metrics = replica.raft.metrics();
             let metrics = metrics.borrow_watched();
-            let marks = *replica.watermarks.borrow();
+            let status = *replica.status.borrow();
+            let marks = status.watermarks;
             let membership = metrics.membership_config.membership();
             let membership_settled = membership.get_joint_config().len() == 1
                 && metrics.membership_config.log_id().as_ref() <= metrics.last_applied.as_ref();
@@ -60,6 +63,7 @@ pub fn local_replicas(state: &NodeState, groups: &[u64]) -> Vec<LocalReplica> {
                 log_start_offset: marks.log_start,
                 log_end_offset: marks.high_watermark,
                 applied_index: metrics.last_applied.as_ref().map_or(0, |id| id.index),
+                retained_bytes: status.retained_bytes,
             }
         })
         .collect()
@@ -191,15 +195,14 @@ impl ClusterService for ClusterApi {
                 format!("node {} holds no replica of partition group {group}", self.state.node_id),
             )
         })?;
-        let marks = *replica.watermarks.borrow();
+        let marks = replica.watermarks();
         let end_offset = request.end_offset.unwrap_or(marks.high_watermark);
         let reader = replica.reader.clone();
-        let digest = self.state.read_storage(move || replica_digest(&reader, marks, end_offset)).await?.map_err(
-            |err| match err {
-                BrokerError::OffsetOutOfRange { .. } => ApiError::new(ErrorCode::OffsetOutOfRange, err.to_string()),
-                other => ApiError::new(ErrorCode::Internal, other.to_string()),
-            },
-        )?;
+        let digest = self
+            .state
+            .read_storage(move || replica_digest(&reader, marks, end_offset))
+            .await?
+            .map_err(|err| ApiError::read(format!("partition group {group}"), err))?;
         Ok(Response::new(ReplicaDigestResponse {
             node_id: self.state.node_id,
             group_id: group.0,

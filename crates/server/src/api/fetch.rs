@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_broker::{BrokerError, FetchedBatch};
+use flotilla_broker::FetchedBatch;
 use flotilla_metadata::TopicRecord;
 use flotilla_proto::v1::fetch_service_client::FetchServiceClient;
 use flotilla_proto::v1::fetch_service_server::FetchService;
@@ -15,9 +15,10 @@ use flotilla_types::{ErrorCode, PartitionId};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::error::from_status;
-use super::{ApiError, FORWARD_TIMEOUT, LEADER_WAIT, NodeState, RETRY_PAUSE, forwarded, is_forwarded};
+use crate::api_error::{ApiError, from_status};
+use crate::context::NodeContext;
 use crate::partitions::Replica;
+use crate::routing::{Attempt, FORWARD_TIMEOUT, Leadership, at_leader, forwarded, is_forwarded};
 
 /// Records returned when a fetch does not say.
 const DEFAULT_FETCH_RECORDS: u32 = 1000;
@@ -26,28 +27,33 @@ const DEFAULT_FETCH_BYTES: u32 = 1024 * 1024;
 
 /// Serves `flotilla.v1.FetchService`.
 pub struct FetchApi {
-    state: Arc<NodeState>,
+    state: Arc<NodeContext>,
 }
 
 impl FetchApi {
     /// The service over `state`.
-    pub fn new(state: Arc<NodeState>) -> Self {
+    pub fn new(state: Arc<NodeContext>) -> Self {
         FetchApi { state }
     }
 }
 
-/// The local replica of a partition if it leads and its lease confirms it; `None` when the
-/// request must go to another node.
-async fn leading_replica(state: &NodeState, replica: Option<Arc<Replica>>) -> Option<Arc<Replica>> {
-    let replica = replica?;
-    if !replica.is_leader(state.node_id) {
-        return None;
-    }
-    // The lease read confirms leadership and waits until everything committed before it is
-    // applied here, so the high watermark a client sees never goes backwards, even across
-    // a leader change.
-    replica.raft.ensure_linearizable(ReadPolicy::LeaseRead).await.ok()?;
-    Some(replica)
+/// Confirms that the local leader `replica` still leads, by a lease read, which also waits
+/// until everything committed before it is applied here: so the high watermark a client sees
+/// never goes backwards, even across a leader change. A replica that cannot confirm is asked
+/// again through the leader lookup.
+async fn confirm_leading(replica: &Replica, what: &str) -> Result<(), ApiError> {
+    replica
+        .raft
+        .ensure_linearizable(ReadPolicy::LeaseRead)
+        .await
+        .map(|_| ())
+        .map_err(|err| ApiError::new(ErrorCode::NotLeader, format!("this node cannot confirm it leads {what}: {err}")))
+}
+
+/// The retry rule of reads: a read has no effect, so any answer that says no leader served it
+/// is tried again.
+fn read_attempt<T>(result: Result<Response<T>, Status>) -> Attempt<T> {
+    Attempt::unless_no_leader(result.map(Response::into_inner).map_err(|status| from_status(&status)))
 }
 
 #[tonic::async_trait]
@@ -58,47 +64,31 @@ impl FetchService for FetchApi {
         let state = &self.state;
         let topic = state.topic(&request.topic)?;
         state.check_partition(&topic, request.partition)?;
-        let group = topic.group(request.partition);
         let what = format!("partition {} of topic {:?}", request.partition, topic.name);
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            if let Some(replica) = leading_replica(state, state.partitions.get(group)).await {
-                return Ok(Response::new(serve_fetch(state, &replica, &request).await?));
-            }
-            match state.leader_of(group) {
-                Some((leader, info)) if leader != state.node_id => {
-                    if was_forwarded {
-                        return Err(ApiError::not_leader(&what, Some((leader, info))).into());
-                    }
-                    let channel = state.peers.channel(&info.client_address)?;
-                    let wait = Duration::from_millis(u64::from(request.max_wait_ms));
-                    match FetchServiceClient::new(channel)
+        let target = Leadership::partition(state, topic.group(request.partition), what.clone());
+        let (request, what) = (&request, &what);
+        let response = at_leader(
+            state,
+            &target,
+            was_forwarded,
+            |replica| async move {
+                match confirm_leading(&replica, what).await {
+                    Ok(()) => Attempt::Done(serve_fetch(state, &replica, request).await),
+                    Err(err) => Attempt::Retry(err),
+                }
+            },
+            |channel| async move {
+                let wait = Duration::from_millis(u64::from(request.max_wait_ms));
+                read_attempt(
+                    FetchServiceClient::new(channel)
                         .max_decoding_message_size(usize::MAX)
                         .fetch(forwarded(request.clone(), FORWARD_TIMEOUT + wait))
-                        .await
-                    {
-                        Ok(response) => return Ok(response),
-                        Err(status) => {
-                            let err = from_status(&status);
-                            let retry = matches!(
-                                err.code,
-                                ErrorCode::NotLeader | ErrorCode::LeaderUnavailable | ErrorCode::Unavailable
-                            );
-                            if !retry || Instant::now() >= deadline {
-                                return Err(err.into());
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(
-                    ApiError::new(ErrorCode::LeaderUnavailable, format!("{what} has no reachable leader")).into()
-                );
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
+                        .await,
+                )
+            },
+        )
+        .await?;
+        Ok(Response::new(response))
     }
 
     async fn list_offsets(
@@ -131,66 +121,67 @@ impl FetchService for FetchApi {
 /// else asked of the leader. `was_forwarded`: the caller is another node, so answer
 /// `NotLeader` rather than forward again.
 pub(crate) async fn partition_offsets(
-    state: &NodeState,
+    state: &NodeContext,
     topic: &TopicRecord,
     partition: PartitionId,
     timestamp_ms: Option<i64>,
     was_forwarded: bool,
 ) -> Result<PartitionOffsets, ApiError> {
-    let group = topic.group(partition);
     let what = format!("partition {partition} of topic {:?}", topic.name);
-    let deadline = Instant::now() + LEADER_WAIT;
-    loop {
-        if let Some(replica) = leading_replica(state, state.partitions.get(group)).await {
-            let marks = *replica.watermarks.borrow();
+    let target = Leadership::partition(state, topic.group(partition), what.clone());
+    let what = &what;
+    at_leader(
+        state,
+        &target,
+        was_forwarded,
+        |replica| async move {
+            if let Err(err) = confirm_leading(&replica, what).await {
+                return Attempt::Retry(err);
+            }
+            let marks = replica.watermarks();
             let offset_for_timestamp = match timestamp_ms {
                 Some(timestamp_ms) => {
                     let reader = replica.reader.clone();
-                    let found = state.read_storage(move || reader.offset_for_time(timestamp_ms, marks)).await?;
-                    Some(found.map_err(|err| ApiError::new(ErrorCode::Internal, err.to_string()))?)
+                    match state.read_storage(move || reader.offset_for_time(timestamp_ms, marks)).await {
+                        Ok(Ok(found)) => Some(found),
+                        Ok(Err(err)) => return Attempt::Done(Err(ApiError::read(what, err))),
+                        Err(err) => return Attempt::Done(Err(err)),
+                    }
                 }
                 None => None,
             };
-            return Ok(PartitionOffsets {
+            Attempt::Done(Ok(PartitionOffsets {
                 partition,
                 log_start_offset: marks.log_start,
                 high_watermark: marks.high_watermark,
                 offset_for_timestamp,
-            });
-        }
-        match state.leader_of(group) {
-            Some((leader, info)) if leader != state.node_id => {
-                if was_forwarded {
-                    return Err(ApiError::not_leader(&what, Some((leader, info))));
-                }
-                let channel = state.peers.channel(&info.client_address)?;
-                let message =
-                    ListOffsetsRequest { topic: topic.name.clone(), partitions: vec![partition], timestamp_ms };
-                match FetchServiceClient::new(channel).list_offsets(forwarded(message, FORWARD_TIMEOUT)).await {
-                    Ok(response) => {
-                        if let Some(found) = response.into_inner().partitions.into_iter().next() {
-                            return Ok(found);
-                        }
-                    }
-                    Err(status) => {
-                        let err = from_status(&status);
-                        if Instant::now() >= deadline {
-                            return Err(err);
-                        }
-                    }
-                }
+            }))
+        },
+        |channel| async move {
+            let message = ListOffsetsRequest { topic: topic.name.clone(), partitions: vec![partition], timestamp_ms };
+            match read_attempt(FetchServiceClient::new(channel).list_offsets(forwarded(message, FORWARD_TIMEOUT)).await)
+            {
+                Attempt::Done(Ok(found)) => match found.partitions.into_iter().next() {
+                    Some(offsets) => Attempt::Done(Ok(offsets)),
+                    None => Attempt::Retry(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("{what}: the leader answered ListOffsets without the partition"),
+                    )),
+                },
+                Attempt::Done(Err(err)) => Attempt::Done(Err(err)),
+                Attempt::Retry(err) => Attempt::Retry(err),
             }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            return Err(ApiError::new(ErrorCode::LeaderUnavailable, format!("{what} has no reachable leader")));
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
+        },
+    )
+    .await
 }
 
 /// Serves a fetch from the local leader replica.
-async fn serve_fetch(state: &NodeState, replica: &Replica, request: &FetchRequest) -> Result<FetchResponse, ApiError> {
+async fn serve_fetch(
+    state: &NodeContext,
+    replica: &Replica,
+    request: &FetchRequest,
+) -> Result<FetchResponse, ApiError> {
     let limits = &state.limits;
     let max_records = match request.max_records {
         0 => DEFAULT_FETCH_RECORDS,
@@ -201,14 +192,14 @@ async fn serve_fetch(state: &NodeState, replica: &Replica, request: &FetchReques
         n => n.min(limits.fetch_bytes_max),
     } as usize;
     let wait = Duration::from_millis(u64::from(request.max_wait_ms.min(limits.fetch_wait_ms_max)));
-    let mut watermarks = replica.watermarks.clone();
-    let mut marks = *watermarks.borrow_and_update();
+    let mut status = replica.status.clone();
+    let mut marks = status.borrow_and_update().watermarks;
     if request.offset == marks.high_watermark && !wait.is_zero() {
         // Long poll: wake on the first apply past the offset, or give up at the deadline.
         let deadline = Instant::now() + wait;
         while marks.high_watermark <= request.offset {
-            match tokio::time::timeout_at(deadline, watermarks.changed()).await {
-                Ok(Ok(())) => marks = *watermarks.borrow_and_update(),
+            match tokio::time::timeout_at(deadline, status.changed()).await {
+                Ok(Ok(())) => marks = status.borrow_and_update().watermarks,
                 _ => break,
             }
         }
@@ -217,16 +208,8 @@ async fn serve_fetch(state: &NodeState, replica: &Replica, request: &FetchReques
     let offset = request.offset;
     let read = move || reader.read(offset, max_records, max_bytes, marks);
     let batch = state.read_storage(read).await?;
-    let batch: FetchedBatch = batch.map_err(|err| match err {
-        BrokerError::OffsetOutOfRange { offset, log_start, high_watermark, .. } => ApiError::new(
-            ErrorCode::OffsetOutOfRange,
-            format!(
-                "offset {offset} is out of range for partition {} of topic {:?}: valid offsets are {log_start}..={high_watermark}",
-                request.partition, request.topic
-            ),
-        ),
-        other => ApiError::new(ErrorCode::Internal, other.to_string()),
-    })?;
+    let what = format!("partition {} of topic {:?}", request.partition, request.topic);
+    let batch: FetchedBatch = batch.map_err(|err| ApiError::read(&what, err))?;
     Ok(FetchResponse {
         records: batch
             .records

@@ -14,16 +14,15 @@ use flotilla_proto::v1::group_service_server::GroupService;
 use flotilla_proto::{flatten_topics, group_by_topic};
 use flotilla_raft::openraft::ReadPolicy;
 use flotilla_types::{ErrorCode, validate_group_name, validate_topic_name};
-use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::error::from_status;
+use super::FetchApi;
 use super::fetch::partition_offsets;
-use super::{
-    ApiError, FORWARD_TIMEOUT, FetchApi, LEADER_WAIT, METADATA_TIMEOUT, NodeState, RETRY_PAUSE, forwarded, is_forwarded,
-};
+use crate::api_error::{ApiError, from_status};
+use crate::context::NodeContext;
 use crate::coordinator;
+use crate::routing::{Attempt, FORWARD_TIMEOUT, Leadership, METADATA_TIMEOUT, at_leader, forwarded, is_forwarded};
 
 /// Session timeout when a join does not say, and its bounds.
 pub const SESSION_TIMEOUT_DEFAULT_MS: u32 = 10_000;
@@ -42,18 +41,18 @@ const CLIENT_ID_LEN_MAX: usize = 255;
 
 /// Serves `flotilla.v1.GroupService`.
 pub struct GroupApi {
-    state: Arc<NodeState>,
+    state: Arc<NodeContext>,
 }
 
 impl GroupApi {
     /// The service over `state`.
-    pub fn new(state: Arc<NodeState>) -> Self {
+    pub fn new(state: Arc<NodeContext>) -> Self {
         GroupApi { state }
     }
 
     /// Runs `local` here when this node leads the metadata group, else `remote` against the
-    /// leader, retrying while the leadership moves (until [`LEADER_WAIT`]). A forwarded call
-    /// that misses the leader answers `NotLeader` instead of bouncing again.
+    /// leader, retrying while the leadership moves (the routing module's loop). A forwarded
+    /// call that misses the leader answers `NotLeader` instead of bouncing again.
     async fn at_coordinator<T, L, LF, R, RF>(&self, was_forwarded: bool, local: L, remote: R) -> Result<T, ApiError>
     where
         L: Fn() -> LF,
@@ -62,37 +61,18 @@ impl GroupApi {
         RF: Future<Output = Result<Response<T>, Status>>,
     {
         let state = &self.state;
-        let what = "the metadata group (group coordinator)";
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            let outcome = if state.meta.leading_term().is_some() {
-                local().await
-            } else {
-                match state.meta.leader() {
-                    Some((leader, info)) if was_forwarded => Err(ApiError::not_leader(what, Some((leader, info)))),
-                    Some((_, info)) => {
-                        let channel = state.peers.channel(&info.client_address)?;
-                        remote(GroupServiceClient::new(channel))
-                            .await
-                            .map(Response::into_inner)
-                            .map_err(|s| from_status(&s))
-                    }
-                    None => Err(ApiError::not_leader(what, None)),
-                }
-            };
-            match outcome {
-                Err(err)
-                    if matches!(
-                        err.code,
-                        ErrorCode::NotLeader | ErrorCode::LeaderUnavailable | ErrorCode::Unavailable
-                    ) && !was_forwarded
-                        && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                other => return other,
-            }
-        }
+        let (local, remote) = (&local, &remote);
+        at_leader(
+            state,
+            &Leadership::metadata(state),
+            was_forwarded,
+            |()| async move { Attempt::unless_no_leader(local().await) },
+            |channel| async move {
+                let result = remote(GroupServiceClient::new(channel)).await;
+                Attempt::unless_no_leader(result.map(Response::into_inner).map_err(|s| from_status(&s)))
+            },
+        )
+        .await
     }
 
     /// The catalogue after a lease read on the metadata leader: everything committed before
@@ -213,21 +193,6 @@ impl GroupApi {
     }
 }
 
-/// Maps a group's verdict to the client-visible error.
-pub fn group_error(err: GroupError) -> ApiError {
-    let code = match &err {
-        GroupError::UnknownGroup { .. } => ErrorCode::UnknownGroup,
-        GroupError::UnknownTopic { .. } => ErrorCode::UnknownTopic,
-        GroupError::UnknownMember { .. } => ErrorCode::UnknownMember,
-        GroupError::StaleMemberEpoch { .. } => ErrorCode::StaleMemberEpoch,
-        GroupError::NotAssigned { .. } => ErrorCode::PartitionNotAssigned,
-        GroupError::OffsetRegression { .. } => ErrorCode::OffsetRegression,
-        GroupError::GroupActive { .. } => ErrorCode::GroupActive,
-        GroupError::TooManyMembers { .. } | GroupError::NoTopics { .. } => ErrorCode::InvalidRequest,
-    };
-    ApiError::new(code, err.to_string())
-}
-
 fn check_group_name(name: &str) -> Result<(), ApiError> {
     validate_group_name(name).map_err(|err| ApiError::new(ErrorCode::InvalidGroupName, err.to_string()))
 }
@@ -239,7 +204,7 @@ fn known_group<'a>(
     groups
         .get(name)
         .map(|g| g.as_ref())
-        .ok_or_else(|| group_error(GroupError::UnknownGroup { group: name.to_string() }))
+        .ok_or_else(|| ApiError::from(GroupError::UnknownGroup { group: name.to_string() }))
 }
 
 /// A timeout from a request: 0 means `default`; otherwise it must lie in `range`.
@@ -506,7 +471,7 @@ impl GroupService for GroupApi {
         let catalogue = self.state.meta.catalogue();
         let group = known_group(&catalogue.groups, &request.group)?;
         if !group.members.is_empty() {
-            return Err(group_error(GroupError::GroupActive {
+            return Err(ApiError::from(GroupError::GroupActive {
                 group: request.group.clone(),
                 members: group.members.keys().copied().collect(),
             })

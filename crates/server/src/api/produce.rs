@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use flotilla_broker::{PartitionCommand, PartitionRejection, PartitionResponse, ProducerSequence};
+use flotilla_broker::{PartitionCommand, PartitionEntry, PartitionResponse, ProducerSequence};
 use flotilla_metadata::TopicRecord;
 use flotilla_proto::v1::produce_service_client::ProduceServiceClient;
 use flotilla_proto::v1::produce_service_server::ProduceService;
@@ -14,22 +14,21 @@ use flotilla_raft::ProposeError;
 use flotilla_raft::openraft::error::RaftError;
 use flotilla_raft::openraft::impls::ProgressResponder;
 use flotilla_types::{ErrorCode, PartitionId, Record, partition_for_key};
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::error::from_status;
-use super::{
-    ApiError, FORWARD_TIMEOUT, LEADER_WAIT, METADATA_TIMEOUT, NodeState, RETRY_PAUSE, forwarded, is_forwarded,
-};
+use crate::api_error::{ApiError, from_status};
+use crate::context::NodeContext;
+use crate::partitions::Replica;
+use crate::routing::{Attempt, FORWARD_TIMEOUT, Leadership, METADATA_TIMEOUT, at_leader, forwarded, is_forwarded};
 
 /// Serves `flotilla.v1.ProduceService`.
 pub struct ProduceApi {
-    state: Arc<NodeState>,
+    state: Arc<NodeContext>,
 }
 
 impl ProduceApi {
     /// The service over `state`.
-    pub fn new(state: Arc<NodeState>) -> Self {
+    pub fn new(state: Arc<NodeContext>) -> Self {
         ProduceApi { state }
     }
 }
@@ -52,7 +51,7 @@ impl ProduceService for ProduceApi {
     }
 }
 
-fn validate(state: &NodeState, request: &ProduceRequest) -> Result<(), ApiError> {
+fn validate(state: &NodeContext, request: &ProduceRequest) -> Result<(), ApiError> {
     let limits = &state.limits;
     if request.records.is_empty() {
         return Err(ApiError::new(
@@ -132,8 +131,37 @@ fn validate_idempotence(
     Ok(())
 }
 
+/// Checks each partition's share of the request against the topic's `max.message.bytes`: the
+/// largest batch one produce may append to one of its partitions.
+fn check_max_message_bytes(
+    state: &NodeContext,
+    topic: &TopicRecord,
+    by_partition: &BTreeMap<PartitionId, (Vec<usize>, Vec<Record>)>,
+) -> Result<(), ApiError> {
+    let max = topic.config.effective_max_message_bytes(&state.limits);
+    for (partition, (_, records)) in by_partition {
+        let bytes: u64 = records.iter().map(|r| r.size_bytes() as u64).sum();
+        if bytes > max {
+            return Err(ApiError::new(
+                ErrorCode::BatchTooLarge,
+                format!(
+                    "the records for partition {partition} of topic {:?} take {bytes} bytes; the topic's \
+                     {} is {max} bytes per batch",
+                    topic.name,
+                    flotilla_types::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Handles one produce request end to end.
-pub async fn produce(state: &NodeState, request: ProduceRequest, forwarded: bool) -> Result<ProduceResponse, ApiError> {
+pub async fn produce(
+    state: &NodeContext,
+    request: ProduceRequest,
+    forwarded: bool,
+) -> Result<ProduceResponse, ApiError> {
     let topic = state.topic(&request.topic)?;
     validate(state, &request)?;
     // Partition of each record, then the records of each partition in request order.
@@ -155,6 +183,7 @@ pub async fn produce(state: &NodeState, request: ProduceRequest, forwarded: bool
         slot.0.push(index);
         slot.1.push(Record::from(record));
     }
+    check_max_message_bytes(state, &topic, &by_partition)?;
     // Validation made sure an idempotent request names its partition: all records are one batch.
     let producer = request.idempotence.map(|p| ProducerSequence {
         producer_id: p.producer_id,
@@ -183,128 +212,134 @@ pub async fn produce(state: &NodeState, request: ProduceRequest, forwarded: bool
 /// the batch is idempotent: the partition appends it at most once, and a retry (by the client,
 /// or here after an unknown outcome) gets the offsets of the first append.
 async fn append(
-    state: &NodeState,
+    state: &NodeContext,
     topic: &TopicRecord,
     partition: PartitionId,
     records: Vec<Record>,
     producer: Option<ProducerSequence>,
-    forwarded: bool,
+    was_forwarded: bool,
 ) -> Result<u64, ApiError> {
     let group = topic.group(partition);
     let what = format!("partition {partition} of topic {:?}", topic.name);
-    let deadline = Instant::now() + LEADER_WAIT;
-    loop {
-        if let Some(replica) = state.partitions.get(group)
-            && replica.is_leader(state.node_id)
-        {
-            let timestamp_ms = state.clock.now_ms();
-            let records = records.clone();
-            let written = match producer {
-                None => replica.raft.client_write(PartitionCommand::Append { records, timestamp_ms }).await,
-                Some(producer) => {
-                    let count = records.len() as u64;
-                    let command = PartitionCommand::AppendIdempotent { records, timestamp_ms, producer };
-                    let (responder, outcome) = ProgressResponder::complete_only();
-                    let enqueue = || replica.raft.client_write_ff(command, Some(responder));
-                    match replica.proposal_order.propose_in_order(&producer, count, enqueue).await {
-                        Ok(()) => match outcome.await {
-                            Ok(result) => result.map_err(RaftError::APIError),
-                            Err(_) => Err(ApiError::new(
-                                ErrorCode::Unavailable,
-                                format!("{what}: the Raft group stopped before answering"),
-                            ))?,
-                        },
-                        Err(fatal) => Err(RaftError::Fatal(fatal)),
+    let target = Leadership::partition(state, group, what.clone());
+    let records = &records;
+    let what = &what;
+    at_leader(
+        state,
+        &target,
+        was_forwarded,
+        |replica| async move { append_here(state, &replica, what, records.clone(), producer).await },
+        |channel| async move { append_there(channel, topic, partition, records, producer).await },
+    )
+    .await
+}
+
+/// Proposes the batch at the local leader replica.
+async fn append_here(
+    state: &NodeContext,
+    replica: &Replica,
+    what: &str,
+    records: Vec<Record>,
+    producer: Option<ProducerSequence>,
+) -> Attempt<u64> {
+    let now_ms = replica.stamp();
+    let written = match producer {
+        None => {
+            replica.raft.client_write(PartitionEntry { now_ms, command: PartitionCommand::Append { records } }).await
+        }
+        Some(producer) => {
+            let count = records.len() as u64;
+            let entry = PartitionEntry { now_ms, command: PartitionCommand::AppendIdempotent { records, producer } };
+            let (responder, outcome) = ProgressResponder::complete_only();
+            let enqueue = || replica.raft.client_write_ff(entry, Some(responder));
+            match replica.proposal_order.propose_in_order(&producer, count, enqueue).await {
+                Ok(()) => match outcome.await {
+                    Ok(result) => result.map_err(RaftError::APIError),
+                    Err(_) => {
+                        return Attempt::Done(Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("{what}: the Raft group stopped before answering"),
+                        )));
                     }
-                }
-            };
-            match written {
-                Ok(response) => return append_outcome(state, &what, response.data),
-                Err(err) => match flotilla_raft::endpoint_propose_error(err) {
-                    // Lost leadership before appending: nothing was written, try again.
-                    ProposeError::NotLeader { .. } => {}
-                    // The entry may or may not commit; an idempotent batch can simply be sent
-                    // again: if the first one commits, the partition answers its offsets.
-                    ProposeError::OutcomeUnknown { .. } if producer.is_some() && Instant::now() < deadline => {}
-                    other => return Err(ApiError::from_propose(&what, other)),
                 },
+                Err(fatal) => Err(RaftError::Fatal(fatal)),
             }
         }
-        match state.leader_of(group) {
-            Some((leader, _)) if leader == state.node_id => {
-                // Our own stale view: leadership is changing; wait for it to settle.
+    };
+    match written {
+        Ok(response) => Attempt::Done(append_outcome(state, what, response.data)),
+        Err(err) => match flotilla_raft::endpoint_propose_error(err) {
+            // Lost leadership before appending: nothing was written, try again.
+            err @ ProposeError::NotLeader { .. } => Attempt::Retry(ApiError::from_propose(what, err)),
+            // The entry may or may not commit; an idempotent batch can simply be sent again: if
+            // the first one commits, the partition answers its offsets.
+            err @ ProposeError::OutcomeUnknown { .. } if producer.is_some() => {
+                Attempt::Retry(ApiError::from_propose(what, err))
             }
-            Some((leader, info)) if forwarded => return Err(ApiError::not_leader(&what, Some((leader, info)))),
-            Some((_, info)) => {
-                let channel = state.peers.channel(&info.client_address)?;
-                let message = ProduceRequest {
-                    topic: topic.name.clone(),
-                    partition: Some(partition),
-                    records: records.iter().cloned().map(Into::into).collect(),
-                    idempotence: producer.map(|p| flotilla_proto::v1::ProducerSequence {
-                        producer_id: p.producer_id,
-                        producer_epoch: p.producer_epoch,
-                        base_sequence: p.base_sequence,
-                    }),
-                };
-                match ProduceServiceClient::new(channel)
-                    .max_encoding_message_size(usize::MAX)
-                    .produce(forwarded_request(message))
-                    .await
-                {
-                    Ok(response) => {
-                        let acks = response.into_inner().acks;
-                        return acks.first().map(|ack| ack.offset).ok_or_else(|| {
-                            ApiError::new(ErrorCode::Internal, format!("{what}: forwarded produce returned no acks"))
-                        });
-                    }
-                    Err(status) => {
-                        // Retry only when the records were certainly not appended: the leader
-                        // said it does not lead, or the connection was never made. After any
-                        // other failure (a reset mid-request, a timeout) the append may have
-                        // happened, and a retry here would store the records twice — unless
-                        // the batch is idempotent: then the partition answers a retry of an
-                        // appended batch with its first offsets, so every failure that is not
-                        // a refusal (a transport error, a retriable code) is retried.
-                        let wire = flotilla_proto::error::WireError::from_status(&status);
-                        let not_appended =
-                            matches!(wire.code, Some(ErrorCode::NotLeader | ErrorCode::LeaderUnavailable))
-                                || (wire.code.is_none() && never_connected(&status));
-                        let deduplicated = producer.is_some() && wire.code.is_none_or(|code| code.is_retriable());
-                        if !(not_appended || deduplicated) || Instant::now() >= deadline {
-                            return Err(from_status(&status));
-                        }
-                    }
-                }
+            other => Attempt::Done(Err(ApiError::from_propose(what, other))),
+        },
+    }
+}
+
+/// Forwards the batch to the partition's leader over `channel`.
+async fn append_there(
+    channel: tonic::transport::Channel,
+    topic: &TopicRecord,
+    partition: PartitionId,
+    records: &[Record],
+    producer: Option<ProducerSequence>,
+) -> Attempt<u64> {
+    let message = ProduceRequest {
+        topic: topic.name.clone(),
+        partition: Some(partition),
+        records: records.iter().cloned().map(Into::into).collect(),
+        idempotence: producer.map(|p| flotilla_proto::v1::ProducerSequence {
+            producer_id: p.producer_id,
+            producer_epoch: p.producer_epoch,
+            base_sequence: p.base_sequence,
+        }),
+    };
+    match ProduceServiceClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .produce(forwarded(message, FORWARD_TIMEOUT))
+        .await
+    {
+        Ok(response) => Attempt::Done(response.into_inner().acks.first().map(|ack| ack.offset).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("partition {partition} of topic {:?}: forwarded produce returned no acks", topic.name),
+            )
+        })),
+        Err(status) => {
+            // Retry only when the records were certainly not appended: the leader said it does
+            // not lead, or the connection was never made. After any other failure (a reset
+            // mid-request, a timeout) the append may have happened, and a retry here would
+            // store the records twice — unless the batch is idempotent: then the partition
+            // answers a retry of an appended batch with its first offsets, so every failure
+            // that is not a refusal (a transport error, a retriable code) is retried.
+            let wire = flotilla_proto::error::WireError::from_status(&status);
+            let not_appended = matches!(wire.code, Some(ErrorCode::NotLeader | ErrorCode::LeaderUnavailable))
+                || (wire.code.is_none() && never_connected(&status));
+            let deduplicated = producer.is_some() && wire.code.is_none_or(|code| code.is_retriable());
+            if not_appended || deduplicated {
+                Attempt::Retry(from_status(&status))
+            } else {
+                Attempt::Done(Err(from_status(&status)))
             }
-            None => {}
         }
-        if Instant::now() >= deadline {
-            return Err(ApiError::new(
-                ErrorCode::LeaderUnavailable,
-                format!("{what} has had no reachable leader for {LEADER_WAIT:?}; retry later"),
-            ));
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
 
 /// The offsets of an applied append, or the error its refusal maps to.
-fn append_outcome(state: &NodeState, what: &str, response: PartitionResponse) -> Result<u64, ApiError> {
+fn append_outcome(state: &NodeContext, what: &str, response: PartitionResponse) -> Result<u64, ApiError> {
     match response {
         PartitionResponse::Appended { base_offset, .. } => Ok(base_offset),
         PartitionResponse::Duplicate { base_offset, .. } => {
             state.produce_duplicates.fetch_add(1, Ordering::Relaxed);
             Ok(base_offset)
         }
-        PartitionResponse::Rejected(rejection) => {
-            let code = match rejection {
-                PartitionRejection::ProducerFenced { .. } => ErrorCode::ProducerFenced,
-                PartitionRejection::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
-            };
-            Err(ApiError::new(code, format!("{what}: {rejection}")))
-        }
-        PartitionResponse::Done => {
+        PartitionResponse::Rejected(rejection) => Err(ApiError::rejected(what, rejection)),
+        PartitionResponse::Done | PartitionResponse::Trimmed { .. } => {
             Err(ApiError::new(ErrorCode::Internal, format!("{what}: append applied without offsets")))
         }
     }
@@ -322,8 +357,4 @@ fn never_connected(status: &tonic::Status) -> bool {
         source = err.source();
     }
     status.message().contains("Connection refused")
-}
-
-fn forwarded_request(message: ProduceRequest) -> Request<ProduceRequest> {
-    forwarded(message, FORWARD_TIMEOUT)
 }
