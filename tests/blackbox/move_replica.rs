@@ -28,7 +28,7 @@ async fn produce(client: &Client, from: usize, count: usize) -> anyhow::Result<(
 async fn digest(cluster: &Cluster, node: u64, group_id: u64, end_offset: u64) -> anyhow::Result<u64> {
     let mut stub = ClusterServiceClient::new(cluster.channel(node)?);
     let response = stub
-        .replica_digest(v1::ReplicaDigestRequest { group_id, end_offset: Some(end_offset) })
+        .replica_digest(v1::ReplicaDigestRequest { group_id, end_offset: Some(end_offset), start_offset: None })
         .await
         .with_context(|| format!("digest of node {node}"))?
         .into_inner();

@@ -61,24 +61,27 @@ pub fn hash_record(hash: &mut Fnv64, offset: u64, record: &Record) {
     hash.write(&record.timestamp_ms.to_be_bytes());
 }
 
-/// The digest of the records in `[watermarks.log_start, end_offset)` of the replica `reader`
-/// reads. `end_offset` must not pass the high watermark: only committed records are hashed.
+/// The digest of the records in `[start_offset, end_offset)` of the replica `reader` reads.
+/// The range must lie within `watermarks`: only committed, retained records are hashed.
 pub fn replica_digest(
     reader: &PartitionReader,
     watermarks: PartitionWatermarks,
+    start_offset: u64,
     end_offset: u64,
 ) -> Result<u64, BrokerError> {
-    if end_offset > watermarks.high_watermark || end_offset < watermarks.log_start {
-        return Err(BrokerError::OffsetOutOfRange {
-            group: reader.group(),
-            offset: end_offset,
-            log_start: watermarks.log_start,
-            high_watermark: watermarks.high_watermark,
-        });
+    for offset in [start_offset, end_offset] {
+        if offset > watermarks.high_watermark || offset < watermarks.log_start || start_offset > end_offset {
+            return Err(BrokerError::OffsetOutOfRange {
+                group: reader.group(),
+                offset,
+                log_start: watermarks.log_start,
+                high_watermark: watermarks.high_watermark,
+            });
+        }
     }
-    let bounded = PartitionWatermarks { high_watermark: end_offset, ..watermarks };
+    let bounded = PartitionWatermarks { log_start: start_offset, high_watermark: end_offset };
     let mut hash = Fnv64::default();
-    let mut offset = watermarks.log_start;
+    let mut offset = start_offset;
     while offset < end_offset {
         let batch = reader.read(offset, DIGEST_CHUNK_RECORDS, DIGEST_CHUNK_BYTES, bounded)?;
         let Some((last, _)) = batch.records.last() else {

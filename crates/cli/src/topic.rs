@@ -54,6 +54,13 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
+    /// Check that every partition's replicas hold the same records: each replica hashes the
+    /// range all of them still hold (FNV-1a over offset, key, value, headers and timestamp of
+    /// every record). Exits with 1 if any replica disagrees or cannot answer.
+    Verify {
+        /// Topic name.
+        name: String,
+    },
     /// Delete a topic and all its records.
     Delete {
         /// Topic name.
@@ -141,6 +148,17 @@ pub async fn run(client: &Client, output: Output, command: TopicCommand) -> anyh
                 )),
             }
         }
+        TopicCommand::Verify { name } => {
+            let report = verify(client, &name).await?;
+            match output {
+                Output::Json => print_json(&report.json)?,
+                Output::Table => print_text(&report.table.render())?,
+            }
+            if !report.agreed {
+                anyhow::bail!("replicas of topic {name} disagree or did not answer (see above)");
+            }
+            Ok(())
+        }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
             match output {
@@ -159,6 +177,72 @@ pub async fn run(client: &Client, output: Output, command: TopicCommand) -> anyh
             }
         }
     }
+}
+
+/// What `flo topic verify` found.
+struct Verification {
+    table: Table,
+    json: Value,
+    agreed: bool,
+}
+
+/// Asks every replica of every partition of `name` for its digest of the range all of them
+/// hold, and compares.
+async fn verify(client: &Client, name: &str) -> anyhow::Result<Verification> {
+    let description = client.describe_topic(name).await?;
+    let nodes: std::collections::BTreeMap<u64, String> =
+        client.cluster_status().await?.nodes.into_iter().map(|n| (n.id, n.client_address)).collect();
+    let mut table = Table::new(vec!["PARTITION", "RANGE", "REPLICA", "DIGEST", "VERDICT"]);
+    let mut partitions = Vec::new();
+    let mut agreed = true;
+    for partition in sorted_partitions(&description) {
+        let reachable: Vec<&v1::ReplicaState> = partition.replica_states.iter().filter(|r| r.reachable).collect();
+        let start = reachable.iter().map(|r| r.log_start_offset).max().unwrap_or(0);
+        let end = reachable.iter().map(|r| r.log_end_offset).min().unwrap_or(0).max(start);
+        let mut digests: Vec<(u64, Result<u64, String>)> = Vec::new();
+        for node in &partition.replicas {
+            let digest = match nodes.get(node) {
+                Some(address) => client
+                    .replica_digest(address, partition.group_id, Some(start), Some(end))
+                    .await
+                    .map(|d| d.digest)
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("node {node} is not registered")),
+            };
+            digests.push((*node, digest));
+        }
+        let first = digests.iter().find_map(|(_, d)| d.as_ref().ok().copied());
+        let partition_agrees = digests.iter().all(|(_, d)| d.as_ref().ok().copied() == first && first.is_some());
+        agreed &= partition_agrees;
+        for (i, (node, digest)) in digests.iter().enumerate() {
+            table.row(vec![
+                if i == 0 { partition.partition.to_string() } else { String::new() },
+                if i == 0 { format!("{start}..{end}") } else { String::new() },
+                node.to_string(),
+                match digest {
+                    Ok(d) => format!("{d:016x}"),
+                    Err(_) => "-".to_string(),
+                },
+                match digest {
+                    Ok(d) if Some(*d) == first && partition_agrees => "agrees".to_string(),
+                    Ok(_) => "DIFFERS".to_string(),
+                    Err(e) => format!("NO ANSWER: {e}"),
+                },
+            ]);
+        }
+        partitions.push(json!({
+            "partition": partition.partition,
+            "start_offset": start,
+            "end_offset": end,
+            "agree": partition_agrees,
+            "replicas": digests.iter().map(|(node, d)| json!({
+                "node_id": node,
+                "digest": d.as_ref().ok().map(|d| format!("{d:016x}")),
+                "error": d.as_ref().err(),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Verification { table, json: json!({ "topic": name, "agree": agreed, "partitions": partitions }), agreed })
 }
 
 /// Parses `KEY=VALUE`.
@@ -234,8 +318,10 @@ fn describe_json(description: &v1::DescribeTopicResponse) -> Value {
     })
 }
 
-/// One row per replica; the partition's own columns fill only its first row, so replicas of a
-/// partition sit together and their end offsets line up for comparison.
+
+/// One row per replica; the partition's own columns (from its leader) fill only its first row,
+/// so replicas of a partition sit together and their first and end offsets (FIRST, END) and
+/// retained sizes line up for comparison.
 fn describe_table(description: &v1::DescribeTopicResponse) -> String {
     let mut text = String::new();
     if let Some(topic) = &description.topic {
@@ -262,8 +348,8 @@ fn describe_table(description: &v1::DescribeTopicResponse) -> String {
         "REACHABLE",
         "ROLE",
         "TERM",
-        "LOG START",
-        "LOG END",
+        "FIRST",
+        "END",
         "SIZE",
         "APPLIED INDEX",
     ]);

@@ -369,7 +369,7 @@ impl Client {
         AdminServiceClient::new(channel).max_decoding_message_size(limit).max_encoding_message_size(limit)
     }
 
-    fn cluster(&self, channel: Channel) -> ClusterServiceClient<Channel> {
+    pub(crate) fn cluster(&self, channel: Channel) -> ClusterServiceClient<Channel> {
         let limit = self.router.config().message_bytes_max;
         ClusterServiceClient::new(channel).max_decoding_message_size(limit).max_encoding_message_size(limit)
     }

@@ -36,6 +36,11 @@ pub(crate) enum Target<'a> {
         /// Partition index.
         partition: PartitionId,
     },
+    /// One broker and no other: a question about that node's own state (its replica digest).
+    Node {
+        /// The broker's client address.
+        address: &'a str,
+    },
 }
 
 impl std::fmt::Display for Target<'_> {
@@ -43,6 +48,7 @@ impl std::fmt::Display for Target<'_> {
         match self {
             Target::Any => write!(f, "any broker"),
             Target::Leader { topic, partition } => write!(f, "leader of {topic}/{partition}"),
+            Target::Node { address } => write!(f, "node at {address}"),
         }
     }
 }
@@ -227,8 +233,10 @@ impl Router {
 
     /// The address to send an attempt for `target` to.
     async fn route(&self, target: Target<'_>) -> String {
-        let Target::Leader { topic, partition } = target else {
-            return self.any_address();
+        let (topic, partition) = match target {
+            Target::Any => return self.any_address(),
+            Target::Node { address } => return address.to_string(),
+            Target::Leader { topic, partition } => (topic, partition),
         };
         if self.needs_refresh() {
             let generation = self.cache.read().generation();

@@ -50,3 +50,26 @@ impl Client {
         Ok(response.log_start_offset)
     }
 }
+
+impl Client {
+    /// The digest of the node at `address`'s own replica of partition group `group_id` over
+    /// `[start_offset, end_offset)` (each defaulting to the replica's log start and high
+    /// watermark): FNV-1a over every record, so replicas can be compared without moving
+    /// their records. Asks that node only.
+    pub async fn replica_digest(
+        &self,
+        address: &str,
+        group_id: u64,
+        start_offset: Option<u64>,
+        end_offset: Option<u64>,
+    ) -> Result<v1::ReplicaDigestResponse, ClientError> {
+        let message = v1::ReplicaDigestRequest { group_id, end_offset, start_offset };
+        self.router
+            .call("replica digest", Target::Node { address }, Duration::ZERO, |channel, timeout| {
+                let mut stub = self.cluster(channel);
+                let request = request(message.clone(), timeout);
+                async move { stub.replica_digest(request).await }
+            })
+            .await
+    }
+}

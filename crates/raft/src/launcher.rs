@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use flotilla_storage::{Engine, SyncHandle};
+use flotilla_storage::{Engine, Reclaimer, SyncHandle};
 use flotilla_types::{GroupId, NodeId};
 use openraft::Raft;
 
@@ -20,6 +20,7 @@ pub struct GroupLauncher {
     syncer: SyncHandle,
     transport: Arc<Transport>,
     registry: Arc<GroupRegistry>,
+    reclaimer: Arc<Reclaimer>,
     seed: u64,
 }
 
@@ -31,9 +32,15 @@ impl GroupLauncher {
         syncer: SyncHandle,
         transport: Arc<Transport>,
         registry: Arc<GroupRegistry>,
+        reclaimer: Arc<Reclaimer>,
         seed: u64,
     ) -> Self {
-        GroupLauncher { node_id, engine, syncer, transport, registry, seed }
+        GroupLauncher { node_id, engine, syncer, transport, registry, reclaimer, seed }
+    }
+
+    /// The node's record of deleted ranges whose space the engine should give back.
+    pub fn reclaimer(&self) -> &Arc<Reclaimer> {
+        &self.reclaimer
     }
 
     /// This node's id.
@@ -62,7 +69,14 @@ impl GroupLauncher {
     ) -> Result<Raft<C, StateMachineStore<C, A>>, RaftGlueError> {
         let failed = |message: String| RaftGlueError::Start { group, message };
         let store = StateMachineStore::open(group, Arc::clone(&self.engine), app).map_err(|e| failed(e.to_string()))?;
-        let log = LogStore::new(group, Arc::clone(&self.engine), self.syncer.clone(), purge_mode, read_budget_bytes);
+        let log = LogStore::new(
+            group,
+            Arc::clone(&self.engine),
+            self.syncer.clone(),
+            purge_mode,
+            read_budget_bytes,
+            Arc::clone(&self.reclaimer),
+        );
         let network = GroupNetworkFactory::new(group, Arc::clone(&self.transport));
         let raft = scoped(group_seed(self.seed, group), Raft::new(self.node_id, config, network, log, store))
             .await

@@ -11,7 +11,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flotilla_storage::{Engine, SyncHandle, WriteBatch};
+use flotilla_storage::{Engine, Reclaimer, Space, SyncHandle, WriteBatch};
 use flotilla_types::GroupId;
 use futures::Stream;
 use openraft::alias::{LogIdOf, VoteOf};
@@ -76,6 +76,8 @@ pub struct LogStore<C: GroupConfig> {
     syncer: SyncHandle,
     purge_mode: PurgeMode,
     read_budget_bytes: usize,
+    /// Told of every purged range, so the engine gives its space back.
+    reclaimer: Arc<Reclaimer>,
     _config: PhantomData<C>,
 }
 
@@ -87,6 +89,7 @@ impl<C: GroupConfig> Clone for LogStore<C> {
             syncer: self.syncer.clone(),
             purge_mode: self.purge_mode.clone(),
             read_budget_bytes: self.read_budget_bytes,
+            reclaimer: Arc::clone(&self.reclaimer),
             _config: PhantomData,
         }
     }
@@ -101,6 +104,7 @@ impl<C: GroupConfig> LogStore<C> {
         syncer: SyncHandle,
         purge_mode: PurgeMode,
         read_budget_bytes: usize,
+        reclaimer: Arc<Reclaimer>,
     ) -> Self {
         LogStore {
             layout: LogLayout::new(group),
@@ -108,6 +112,7 @@ impl<C: GroupConfig> LogStore<C> {
             syncer,
             purge_mode,
             read_budget_bytes: read_budget_bytes.max(1),
+            reclaimer,
             _config: PhantomData,
         }
     }
@@ -313,6 +318,8 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
         // up whatever an earlier purge had to leave for a floor that has risen since.
         self.layout.delete_entries(&mut batch, 0, end);
         self.engine.write(batch)?;
+        let range = self.layout.entry_range(0, end);
+        self.reclaimer.deleted(Space::RaftLog, range.start, range.end);
         Ok(())
     }
 }

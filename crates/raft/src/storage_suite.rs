@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
-use flotilla_storage::{Engine, EngineView, MemoryEngine, Syncer, WriteBatch};
+use flotilla_storage::{Engine, EngineView, MemoryEngine, Reclaimer, Syncer, WriteBatch};
 use flotilla_types::GroupId;
 use openraft::StorageError;
 use openraft::alias::LogIdOf;
@@ -75,7 +75,8 @@ impl StoreBuilder<TestConfig, Log, Machine, Option<tempfile::TempDir>> for Build
         let syncer = Syncer::spawn(Arc::clone(&engine));
         let group = GroupId(42);
         // A small read budget, so the suite's ranges are read in many byte-bounded pieces.
-        let log = LogStore::new(group, Arc::clone(&engine), syncer, self.purge_mode.clone(), 64);
+        let reclaimer = Reclaimer::new(Arc::clone(&engine));
+        let log = LogStore::new(group, Arc::clone(&engine), syncer, self.purge_mode.clone(), 64, reclaimer);
         let app = Arc::new(parking_lot::Mutex::new(Sum { total: 0, persistence: self.persistence }));
         let machine =
             StateMachineStore::open(group, engine, app).map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;

@@ -20,7 +20,7 @@ use flotilla_raft::{
     GroupLauncher, GroupRegistry, Introduction, Introductions, NodeInfo, PurgeMode, RaftTransportService, Transport,
     TransportConfig,
 };
-use flotilla_storage::{Engine, Space, Syncer, WriteBatch};
+use flotilla_storage::{Engine, Reclaimer, Space, Syncer, WriteBatch};
 use flotilla_types::{Clock, METADATA_GROUP, NodeId};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -49,6 +49,9 @@ pub const STORAGE_FORMAT_VERSION: u8 = 1;
 const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Concurrent requests one client connection may have in flight.
 const CLIENT_STREAMS_MAX: u32 = 8192;
+/// How often deleted ranges (purged logs, removed replicas) are compacted so their disk space
+/// comes back. Retention frees space this long after a trim at most (plus the compaction).
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound on one registration attempt.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -298,12 +301,15 @@ pub async fn run(
     }
 
     let syncer = Syncer::spawn(Arc::clone(&engine));
+    let reclaimer = Reclaimer::new(Arc::clone(&engine));
+    let reclaiming = tokio::spawn(Arc::clone(&reclaimer).run(RECLAIM_INTERVAL));
     let launcher = Arc::new(GroupLauncher::new(
         node_id,
         Arc::clone(&engine),
         syncer.clone(),
         Arc::clone(&transport),
         Arc::clone(&registry),
+        reclaimer,
         seed,
     ));
 
@@ -409,6 +415,7 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
+    reclaiming.abort();
     let _ = peer_server.await;
     partitions.shutdown().await;
     let _ = meta_raft.shutdown().await;

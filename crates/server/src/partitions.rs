@@ -220,7 +220,7 @@ impl Partitions {
             if replica.configuring.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 continue;
             }
-            tokio::spawn(configure(Arc::clone(&replica), wanted));
+            tokio::spawn(configure(Arc::clone(&replica), wanted, me));
         }
     }
 
@@ -304,7 +304,8 @@ impl Partitions {
         let mut batch = WriteBatch::new();
         for space in [Space::RaftLog, Space::RaftState, Space::StateMachine] {
             let range = group_prefix_range(group.0, b"");
-            batch.delete_range(space, range.start, range.end);
+            batch.delete_range(space, range.start.clone(), range.end.clone());
+            self.launcher.reclaimer().deleted(space, range.start, range.end);
         }
         if let Err(err) = self.launcher.engine().write(batch) {
             tracing::error!(%group, error = %err, "deleting partition data");
@@ -320,15 +321,29 @@ impl Partitions {
     }
 }
 
-/// Proposes `retention` into the partition `replica` leads.
-async fn configure(replica: Arc<Replica>, retention: RetentionPolicy) {
-    let entry = PartitionEntry { now_ms: replica.stamp(), command: PartitionCommand::Configure { retention } };
-    match tokio::time::timeout(REPORT_TIMEOUT, replica.raft.client_write(entry)).await {
-        Ok(Ok(_)) => flotilla_types::coverage!("partition_configured"),
-        Ok(Err(err)) => {
-            tracing::debug!(group = %replica.group, error = %err, "configuration not applied; retried later")
+/// Attempts at one `Configure` before waiting for the next catalogue change, and the pause
+/// between them: a proposal right after an election can be refused while leadership settles.
+const CONFIGURE_ATTEMPTS: u32 = 40;
+const CONFIGURE_RETRY: Duration = Duration::from_millis(250);
+
+/// Proposes `retention` into the partition `replica` leads, until the partition applies it,
+/// the replica stops leading (the next leader configures it once it has reported itself), or
+/// the attempts run out (the next catalogue change tries again).
+async fn configure(replica: Arc<Replica>, retention: RetentionPolicy, node_id: NodeId) {
+    for _ in 0..CONFIGURE_ATTEMPTS {
+        if replica.status.borrow().retention == retention || !replica.is_leader(node_id) {
+            break;
         }
-        Err(_) => tracing::debug!(group = %replica.group, "configuration not committed within {REPORT_TIMEOUT:?}"),
+        let entry = PartitionEntry { now_ms: replica.stamp(), command: PartitionCommand::Configure { retention } };
+        match tokio::time::timeout(REPORT_TIMEOUT, replica.raft.client_write(entry)).await {
+            Ok(Ok(_)) => {
+                flotilla_types::coverage!("partition_configured");
+                break;
+            }
+            Ok(Err(err)) => tracing::debug!(group = %replica.group, error = %err, "configuration not applied yet"),
+            Err(_) => tracing::debug!(group = %replica.group, "configuration not committed within {REPORT_TIMEOUT:?}"),
+        }
+        tokio::time::sleep(CONFIGURE_RETRY).await;
     }
     replica.configuring.store(false, std::sync::atomic::Ordering::Release);
 }

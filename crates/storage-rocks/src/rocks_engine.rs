@@ -8,8 +8,8 @@ use std::sync::Arc;
 use flotilla_storage::{Direction, Engine, EngineView, KeyValue, Space, StorageError, WriteBatch, WriteOp};
 use rocksdb::statistics::{StatsLevel, Ticker};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, DBRawIterator,
-    DBRecoveryMode, Options, ReadOptions, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
+    DBCompressionType, DBRawIterator, DBRecoveryMode, Options, ReadOptions, WriteOptions,
 };
 
 use crate::RocksConfig;
@@ -198,6 +198,15 @@ impl Engine for RocksEngine {
 
     fn view(&self) -> Arc<dyn EngineView> {
         Arc::new(RocksView::new(Arc::clone(&self.db)))
+    }
+
+    fn compact_range(&self, space: Space, range: Range<&[u8]>) -> Result<(), StorageError> {
+        let mut options = CompactOptions::default();
+        // The purged prefix of a partition log usually sits in the bottommost level by the
+        // time it is deleted; RocksDB skips that level by default and would keep it.
+        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        self.db.compact_range_cf_opt(self.cf(space)?, Some(range.start), Some(range.end), &options);
+        Ok(())
     }
 
     fn sync_blocks(&self) -> bool {

@@ -157,6 +157,14 @@ pub trait Engine: EngineView {
     /// A point-in-time view of the whole engine.
     fn view(&self) -> Arc<dyn EngineView>;
 
+    /// Gives back the disk space of keys deleted from `range` of `space` (by range deletes):
+    /// an LSM engine keeps deleted data until a compaction passes over it, and RocksDB keeps a
+    /// blob file until no table refers to any blob in it. May block for a while; engines
+    /// that free space at once (the in-memory one) do nothing.
+    fn compact_range(&self, _space: Space, _range: Range<&[u8]>) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Whether `sync` blocks the calling thread on real I/O. Callers then run it on a
     /// blocking thread; the in-memory engine says `false` so simulations stay on one thread.
     fn sync_blocks(&self) -> bool;

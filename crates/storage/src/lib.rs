@@ -7,6 +7,7 @@ mod engine;
 mod error;
 mod keys;
 mod memory;
+mod reclaimer;
 mod syncer;
 
 pub mod conformance;
@@ -15,4 +16,5 @@ pub use engine::{Direction, Engine, EngineView, KeyValue, Space, WriteBatch, Wri
 pub use error::StorageError;
 pub use keys::{group_key, group_prefix_range, group_range, split_group_key};
 pub use memory::{MemoryEngine, MemoryFaults};
+pub use reclaimer::Reclaimer;
 pub use syncer::{SyncHandle, Syncer};

@@ -193,7 +193,7 @@ async fn digest(
     end_offset: Option<u64>,
 ) -> anyhow::Result<ReplicaDigest> {
     let mut client = ClusterServiceClient::new(env.node_channel(address)?);
-    let mut request = tonic::Request::new(v1::ReplicaDigestRequest { group_id, end_offset });
+    let mut request = tonic::Request::new(v1::ReplicaDigestRequest { group_id, end_offset, start_offset: None });
     request.set_timeout(NODE_CALL_TIMEOUT);
     let response = tokio::time::timeout(NODE_CALL_TIMEOUT, client.replica_digest(request)).await??.into_inner();
     Ok(ReplicaDigest {

@@ -197,16 +197,17 @@ impl ClusterService for ClusterApi {
         })?;
         let marks = replica.watermarks();
         let end_offset = request.end_offset.unwrap_or(marks.high_watermark);
+        let start_offset = request.start_offset.unwrap_or(marks.log_start);
         let reader = replica.reader.clone();
         let digest = self
             .state
-            .read_storage(move || replica_digest(&reader, marks, end_offset))
+            .read_storage(move || replica_digest(&reader, marks, start_offset, end_offset))
             .await?
             .map_err(|err| ApiError::read(format!("partition group {group}"), err))?;
         Ok(Response::new(ReplicaDigestResponse {
             node_id: self.state.node_id,
             group_id: group.0,
-            log_start_offset: marks.log_start,
+            log_start_offset: start_offset,
             end_offset,
             high_watermark: marks.high_watermark,
             digest,
