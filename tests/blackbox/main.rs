@@ -12,4 +12,5 @@ mod groups;
 mod move_replica;
 mod produce_consume;
 mod producer;
+mod retention;
 mod wiped_disk;

@@ -199,6 +199,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Freezes node `id` with SIGSTOP: it stays up but answers nothing (a long GC pause, a
+    /// stalled VM) until [`Cluster::resume`].
+    pub fn pause(&self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, "-STOP")
+    }
+
+    /// Lets a node frozen by [`Cluster::pause`] run again (SIGCONT).
+    pub fn resume(&self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, "-CONT")
+    }
+
+    fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let node = self.node(id);
+        let process = lock(&node.process);
+        let pid = process.as_ref().with_context(|| format!("node {id} is not running"))?.id();
+        let status = Command::new("kill").args([signal, &pid.to_string()]).status().context("running kill")?;
+        ensure!(status.success(), "kill {signal} {pid} (node {id}) failed: {status}");
+        Ok(())
+    }
+
     /// Stops node `id` with SIGTERM and waits for it to exit; fails (after a SIGKILL) if it
     /// is still running [`STOP_TIMEOUT`] later.
     pub async fn stop(&self, id: u64) -> anyhow::Result<ExitStatus> {

@@ -318,7 +318,6 @@ fn describe_json(description: &v1::DescribeTopicResponse) -> Value {
     })
 }
 
-
 /// One row per replica; the partition's own columns (from its leader) fill only its first row,
 /// so replicas of a partition sit together and their first and end offsets (FIRST, END) and
 /// retained sizes line up for comparison.

@@ -143,6 +143,9 @@ struct Fetched {
     partition: TopicPartition,
     generation: u64,
     records: Vec<v1::FetchedRecord>,
+    /// The fetcher found its position below the log start and moved up to this offset: the
+    /// records in between were removed by retention, so the position moves past them too.
+    skipped_to: Option<u64>,
 }
 
 impl Drop for Owned {
@@ -306,6 +309,12 @@ impl Consumer {
         if owned.generation != fetched.generation || owned.revoking || owned.paused {
             return Vec::new();
         }
+        if let Some(log_start) = fetched.skipped_to
+            && owned.position < log_start
+        {
+            // Retention removed the records from the position up to the log start.
+            owned.position = log_start;
+        }
         let topic: Arc<str> = Arc::from(fetched.partition.0.as_str());
         let mut out = Vec::with_capacity(fetched.records.len());
         for fetched_record in fetched.records {
@@ -431,11 +440,17 @@ impl Shared {
         tokio::spawn(async move {
             let (topic, p) = partition.clone();
             let mut offset = offset;
+            let mut skipped_to = None;
             loop {
                 match client.fetch(&topic, p, offset, max_records, max_bytes, wait_ms).await {
                     Ok(response) => {
                         let Some(last) = response.records.last().map(|r| r.offset) else { continue };
-                        let fetched = Fetched { partition: partition.clone(), generation, records: response.records };
+                        let fetched = Fetched {
+                            partition: partition.clone(),
+                            generation,
+                            records: response.records,
+                            skipped_to: skipped_to.take(),
+                        };
                         if sender.send(fetched).await.is_err() {
                             return;
                         }
@@ -455,6 +470,7 @@ impl Shared {
                                         "position below the log start; skipping to it"
                                     );
                                     offset = found.log_start_offset;
+                                    skipped_to = Some(offset);
                                 }
                                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
                             },
