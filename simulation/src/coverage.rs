@@ -53,6 +53,19 @@ pub const EXPECTED_POINTS: &[(&str, &str)] = &[
         "a member took up a partition exactly at another member's acknowledged commit",
     ),
     ("group_record_redelivered", "a record was delivered again in its group after progress went uncommitted"),
+    ("retention_by_bytes", "a partition trimmed its oldest batches under retention.bytes (node code)"),
+    ("retention_by_age", "a partition trimmed batches older than retention.ms (node code)"),
+    ("partition_tick_applied", "a partition leader proposed a Tick because a deadline passed (node code)"),
+    ("records_deleted_on_request", "DeleteRecords moved a partition's log start (node code)"),
+    (
+        "partition_log_purged_after_trim",
+        "a replica purged its Raft log below the retention floor, deleting trimmed records (node code)",
+    ),
+    ("workload_big_batches", "producers sent batches of about 1 MiB"),
+    (
+        "partition_snapshot_installed",
+        "a partition replica behind the trim point caught up by installing a streamed snapshot (node code)",
+    ),
 ];
 
 /// Points counted in this process.

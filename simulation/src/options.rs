@@ -10,6 +10,9 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
+use crate::checker::RetentionSetting;
 use crate::scenarios::Scenario;
 use crate::workload::{GroupSpec, WorkloadPlan};
 
@@ -182,7 +185,16 @@ impl SimOptions {
         let safety = Duration::from_secs(rng.random_range(30..=75));
         let fault_max = fault_min + Duration::from_millis(rng.random_range(1_000..=8_000));
         // Drawn after everything above, so seeds keep the rest of their shape.
-        let groups = groups(&mut rng, &topics);
+        let mut groups = groups(&mut rng, &topics);
+        let retention = retention(&mut rng, &topics, &mut groups, batch_records);
+        let (producers, produce_pause) = if retention.record_padding > 0 {
+            // About 1 MiB per batch: fewer, slower producers keep a run's data (every node
+            // holds it in memory) to tens of megabytes.
+            (producers.min(2), produce_pause.max(Duration::from_millis(400)))
+        } else {
+            (producers, produce_pause)
+        };
+        let idempotent_producers = idempotent_producers.min(producers);
         SimOptions {
             seed,
             nodes,
@@ -197,6 +209,9 @@ impl SimOptions {
                 produce_pause,
                 abandon_chance,
                 groups,
+                retention: retention.topics,
+                trims: retention.trims,
+                record_padding: retention.record_padding,
             },
             safety,
             fault_min,
@@ -223,6 +238,27 @@ impl SimOptions {
             workload.idempotent_producers = workload.producers;
             workload.abandon_chance = workload.abandon_chance.max(0.05);
         }
+        if scenario == Scenario::SnapshotTrap {
+            // Every topic trims by size, fast: the isolated follower falls behind the trim
+            // point within seconds.
+            let workload = &mut options.workload;
+            workload.groups.clear();
+            workload.record_padding = 0;
+            workload.produce_pause = workload.produce_pause.min(Duration::from_millis(20));
+            workload.batch_records = workload.batch_records.max(4);
+            workload.retention = workload
+                .topics
+                .iter()
+                .map(|t| {
+                    let setting = RetentionSetting {
+                        max_age_ms: None,
+                        max_bytes: Some(BATCH_BYTES_SMALL),
+                        max_batch_bytes: BATCH_BYTES_SMALL,
+                    };
+                    (t.name.clone(), setting)
+                })
+                .collect();
+        }
         options
     }
 
@@ -230,6 +266,57 @@ impl SimOptions {
     pub fn partition_count(&self) -> u32 {
         self.workload.topics.iter().map(|t| t.partitions).sum()
     }
+}
+
+/// What a seed retains, and how.
+struct RetentionPlan {
+    topics: BTreeMap<String, RetentionSetting>,
+    trims: bool,
+    record_padding: usize,
+}
+
+/// Records of the workload without padding stay below this (a 3-byte key and a value such as
+/// "p3-000123"), so a batch of at most 8 stays below 200 bytes.
+const BATCH_BYTES_SMALL: u64 = 1024;
+/// A big-batch seed's batch limit: a batch of about 1 MiB fits.
+const BATCH_BYTES_BIG: u64 = 2 << 20;
+
+/// Retention for about half of the topics no group consumes (by size, by age or both, small
+/// enough that partitions trim within a run), a trimmer sending `DeleteRecords` in some seeds,
+/// and in about one seed in twelve batches of about 1 MiB, with retention by size on every
+/// topic (and no groups) so that a run's data stays small.
+fn retention(rng: &mut StdRng, topics: &[TopicSpec], groups: &mut Vec<GroupSpec>, batch_records: u64) -> RetentionPlan {
+    let big = rng.random_bool(0.08);
+    if big {
+        groups.clear();
+    }
+    let grouped: Vec<&String> = groups.iter().flat_map(|g| &g.topics).collect();
+    let mut chosen = BTreeMap::new();
+    for topic in topics {
+        let eligible = !grouped.contains(&&topic.name);
+        let retained = eligible && (big || rng.random_bool(0.5));
+        if !retained {
+            continue;
+        }
+        let setting = if big {
+            RetentionSetting {
+                max_age_ms: None,
+                max_bytes: Some(rng.random_range(BATCH_BYTES_BIG..=3 * BATCH_BYTES_BIG)),
+                max_batch_bytes: BATCH_BYTES_BIG,
+            }
+        } else {
+            let kind = rng.random_range(0..3);
+            RetentionSetting {
+                max_age_ms: (kind != 0).then(|| rng.random_range(8_000..=40_000)),
+                max_bytes: (kind != 1).then(|| rng.random_range(BATCH_BYTES_SMALL..=4 * BATCH_BYTES_SMALL)),
+                max_batch_bytes: BATCH_BYTES_SMALL,
+            }
+        };
+        chosen.insert(topic.name.clone(), setting);
+    }
+    let trims = !chosen.is_empty() && rng.random_bool(0.5);
+    let record_padding = if big { (1_000_000 / batch_records.max(1)) as usize } else { 0 };
+    RetentionPlan { topics: chosen, trims, record_padding }
 }
 
 /// Zero to two consumer groups over the seed's topics: each subscribes to a random non-empty

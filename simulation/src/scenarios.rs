@@ -41,11 +41,16 @@ pub enum Scenario {
     /// partition and a kill of the partition's leader in quick succession, twice; nothing
     /// acknowledged is lost and the new replica set converges.
     MembershipPartitionKill,
+    /// DESIGN.md §3's trap: a node cut off while retention trims every partition far past its
+    /// log, so it can catch up only by installing a snapshot; right after the heal the
+    /// partitions' leaders crash (a leader change mid-install). The node must end with exactly
+    /// the records retention kept: no hole, nothing retention removed served back.
+    SnapshotTrap,
 }
 
 impl Scenario {
     /// Every scenario, for `--list` and the tests.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::PowerLossAfterAcks,
         Scenario::PauseThenCrash,
         Scenario::CrashAfterCreate,
@@ -54,6 +59,7 @@ impl Scenario {
         Scenario::WipedDisk,
         Scenario::IdempotentRetryAfterLeaderChange,
         Scenario::MembershipPartitionKill,
+        Scenario::SnapshotTrap,
     ];
 
     /// Nodes the scenario needs.
@@ -161,6 +167,18 @@ pub async fn script(scenario: Scenario, faults: &mut Faults) {
                 faults.crash_and_restart(&[leader], secs(1.5)).await;
             }
             tokio::time::sleep(secs(4.0)).await;
+        }
+        Scenario::SnapshotTrap => {
+            for _ in 0..2 {
+                tokio::time::sleep(secs(3.0)).await;
+                let node = faults.find(Role::Any).await;
+                faults.isolate(node);
+                faults.hold_for(secs(10.0)).await;
+                tokio::time::sleep(secs(0.5)).await;
+                let leader = faults.find(Role::PartitionLeader).await;
+                faults.crash_and_restart(&[leader], secs(1.5)).await;
+            }
+            tokio::time::sleep(secs(5.0)).await;
         }
         Scenario::WipedDisk => {
             tokio::time::sleep(secs(3.0)).await;

@@ -65,3 +65,14 @@ fn a_replica_move_then_a_partition_and_a_kill_loses_nothing_nats_7545() {
     let run = scenario_passes("membership-partition-kill");
     assert!(coverage(&run, "partition_membership_changed") > 0, "no partition membership changed:\n{}", run.explain());
 }
+
+#[test]
+fn a_node_behind_the_trim_point_ends_with_exactly_the_retained_records_design_3() {
+    let run = scenario_passes("snapshot-trap");
+    assert!(
+        coverage(&run, "partition_snapshot_installed") > 0,
+        "no partition caught up through a snapshot:\n{}",
+        run.explain()
+    );
+    assert!(coverage(&run, "retention_by_bytes") > 0, "retention never trimmed:\n{}", run.explain());
+}

@@ -258,6 +258,7 @@ impl GroupStateMachine<PartitionConfig> for PartitionStateMachine {
     }
 
     fn restored(&mut self) -> io::Result<()> {
+        flotilla_types::coverage!("partition_snapshot_installed");
         self.log = LogPart::load(self.group, self.engine.as_ref())?;
         self.producers = ProducersPart::load(self.group, self.engine.as_ref())?;
         // A restored state replaces the old one, floor included.

@@ -67,7 +67,7 @@ impl Client {
         self.router
             .call("replica digest", Target::Node { address }, Duration::ZERO, |channel, timeout| {
                 let mut stub = self.cluster(channel);
-                let request = request(message.clone(), timeout);
+                let request = request(message, timeout);
                 async move { stub.replica_digest(request).await }
             })
             .await

@@ -54,8 +54,7 @@ impl Reclaimer {
     pub async fn run(self: Arc<Self>, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
-            let ranges: Vec<((Space, Vec<u8>), Vec<u8>)> =
-                std::mem::take(&mut *self.pending.lock()).into_iter().collect();
+            let ranges = std::mem::take(&mut *self.pending.lock());
             if ranges.is_empty() || !self.engine.sync_blocks() {
                 // The in-memory engine frees deleted data at once.
                 continue;

@@ -36,6 +36,14 @@ pub struct Ack {
     pub value: String,
     /// The producer session that sent it; its sends are sequential.
     pub producer: u32,
+    /// The record's size as retention counts it (key, value and headers), in bytes.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Run time, in milliseconds, of the first attempt to send the record: it cannot have been
+    /// appended earlier, so retention by age cannot have removed it before this plus
+    /// `retention.ms`.
+    #[serde(default)]
+    pub first_sent_ms: u64,
 }
 
 /// One successful fetch by a tailing consumer.
@@ -55,7 +63,9 @@ pub struct Fetch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaDigest {
     pub node: NodeId,
-    /// Records `[0, end_offset)` were hashed.
+    /// Records `[start_offset, end_offset)` were hashed.
+    #[serde(default)]
+    pub start_offset: u64,
     pub end_offset: u64,
     /// The replica's own high watermark when asked.
     pub high_watermark: u64,
@@ -133,6 +143,37 @@ pub struct GroupOffsetRead {
     pub offsets: BTreeMap<PartitionKey, u64>,
 }
 
+/// A retention the workload configured on a topic (at creation, or by an alter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionSetting {
+    /// `retention.ms`; `None` for no limit.
+    pub max_age_ms: Option<u64>,
+    /// `retention.bytes`; `None` for no limit.
+    pub max_bytes: Option<u64>,
+    /// `max.message.bytes`: the largest batch, which bounds what `retention.bytes` keeps above
+    /// a trimmed batch.
+    pub max_batch_bytes: u64,
+}
+
+/// Where the final drain of a partition began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStart {
+    /// The partition's log start: records below it were gone.
+    pub offset: u64,
+    /// Run time, in milliseconds, once the drain knew the log start: whatever retention removed
+    /// below it, it removed by then.
+    pub at_ms: u64,
+}
+
+/// One `DeleteRecords` the workload sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimAttempt {
+    pub partition: PartitionKey,
+    pub before_offset: u64,
+    /// The log start the server answered with; `None` if the outcome is unknown or refused.
+    pub log_start: Option<u64>,
+}
+
 /// Everything the clients observed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
@@ -187,6 +228,19 @@ pub struct History {
     /// The last value [`History::tick`] handed out.
     #[serde(default)]
     pub ticks: u64,
+    /// Retention the workload configured per topic, every setting ever asked for (including
+    /// changes whose outcome is unknown): what retention may have removed.
+    #[serde(default)]
+    pub retention: BTreeMap<String, Vec<RetentionSetting>>,
+    /// Every `DeleteRecords` the workload sent, whatever its outcome.
+    #[serde(default)]
+    pub trims: Vec<TrimAttempt>,
+    /// Where the final drain of each partition began: its log start then.
+    #[serde(default)]
+    pub drain_starts: BTreeMap<PartitionKey, DrainStart>,
+    /// The largest record the workload sends (key, value and headers), in bytes.
+    #[serde(default)]
+    pub record_bytes_max: u64,
 }
 
 impl History {

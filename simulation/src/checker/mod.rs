@@ -22,8 +22,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use history::{
-    Ack, CommitOutcome, Fetch, GroupCommit, GroupOffsetRead, GroupPoll, GroupStint, History, PartitionKey,
-    ReplicaDigest,
+    Ack, CommitOutcome, DrainStart, Fetch, GroupCommit, GroupOffsetRead, GroupPoll, GroupStint, History, PartitionKey,
+    ReplicaDigest, RetentionSetting, TrimAttempt,
 };
 
 /// Most violation messages kept in a report; the count of all of them is kept separately.
@@ -219,7 +219,7 @@ pub(crate) mod test_support {
 
     /// An acknowledgement by producer 0.
     pub fn ack(partition: u32, offset: u64, value: &str) -> Ack {
-        Ack { partition: p(partition), offset, value: value.to_string(), producer: 0 }
+        Ack { partition: p(partition), offset, value: value.to_string(), producer: 0, bytes: 10, first_sent_ms: 0 }
     }
 
     /// A history of two partitions of topic "t" with these acks and final reads (dense from

@@ -11,10 +11,10 @@ pub fn check(history: &History, findings: &mut Findings) {
     for (partition, digests) in &history.digests {
         for pair in digests.windows(2) {
             let (a, b) = (&pair[0], &pair[1]);
-            if a.end_offset == b.end_offset && a.digest != b.digest {
+            if a.start_offset == b.start_offset && a.end_offset == b.end_offset && a.digest != b.digest {
                 findings.violation(format!(
-                    "{partition}: node {} and node {} hold different records below offset {} (digests {:016x} and {:016x})",
-                    a.node, b.node, a.end_offset, a.digest, b.digest
+                    "{partition}: node {} and node {} hold different records in offsets {}..{} (digests {:016x} and {:016x})",
+                    a.node, b.node, a.start_offset, a.end_offset, a.digest, b.digest
                 ));
             }
         }
@@ -28,7 +28,7 @@ mod tests {
     use super::*;
 
     fn digest(node: u64, digest: u64) -> ReplicaDigest {
-        ReplicaDigest { node, end_offset: 10, high_watermark: 10, digest }
+        ReplicaDigest { node, start_offset: 0, end_offset: 10, high_watermark: 10, digest }
     }
 
     #[test]

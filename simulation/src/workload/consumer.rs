@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use flotilla_client::Client;
+use flotilla_client::{Client, ErrorCode};
 
 use super::error_chain;
 use crate::checker::{Fetch, PartitionKey};
@@ -42,10 +42,7 @@ impl Consumer {
                             .records
                             .into_iter()
                             .map(|fetched| {
-                                let value = fetched
-                                    .record
-                                    .map(|r| String::from_utf8_lossy(&r.value).into_owned())
-                                    .unwrap_or_default();
+                                let value = fetched.record.map(|r| super::label(&r.value)).unwrap_or_default();
                                 (fetched.offset, value)
                             })
                             .collect();
@@ -60,6 +57,25 @@ impl Consumer {
                             high_watermark: response.high_watermark,
                             records,
                         });
+                    }
+                    Err(err) if err.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                        // Retention removed the records from here: go on at the log start.
+                        let log_start = match self.client.list_offsets(&partition.topic).await {
+                            Ok(all) => {
+                                all.iter().find(|o| o.partition == partition.partition).map(|o| o.log_start_offset)
+                            }
+                            Err(_) => None,
+                        };
+                        match log_start {
+                            Some(start) if start > *next => {
+                                self.shared.note(format!(
+                                    "consumer {} {partition}: offset {next} is below the log start {start}; skipping to it",
+                                    self.id
+                                ));
+                                *next = start;
+                            }
+                            _ => tokio::time::sleep(ERROR_PAUSE).await,
+                        }
                     }
                     Err(err) => {
                         self.shared.note(format!(

@@ -467,7 +467,7 @@ impl Member {
         let mut runs: Vec<(PartitionKey, Vec<(u64, String)>)> = Vec::new();
         for record in records {
             let partition = PartitionKey::new(record.topic.as_ref(), record.partition);
-            let value = String::from_utf8_lossy(&record.value).into_owned();
+            let value = super::label(&record.value);
             match runs.last_mut() {
                 Some((last, run)) if *last == partition => run.push((record.offset, value)),
                 _ => runs.push((partition, vec![(record.offset, value)])),

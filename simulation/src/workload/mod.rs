@@ -9,7 +9,9 @@ mod consumer;
 mod drain;
 mod group_consumer;
 mod producer;
+mod trimmer;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,7 +22,7 @@ use flotilla_proto::net::{ChannelSettings, channel};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::checker::PartitionKey;
+use crate::checker::{PartitionKey, RetentionSetting};
 use crate::options::TopicSpec;
 use crate::shared::Shared;
 
@@ -50,6 +52,15 @@ pub struct WorkloadPlan {
     pub abandon_chance: f64,
     /// Consumer groups, each with members sharing its topics' partitions and committing.
     pub groups: Vec<GroupSpec>,
+    /// Retention each topic is created with (a topic absent keeps the defaults, which remove
+    /// nothing within a run). Never on a topic a group consumes: the group invariant expects
+    /// every record it could deliver.
+    pub retention: BTreeMap<String, RetentionSetting>,
+    /// Whether a trimmer sends `DeleteRecords` to the retention topics now and then.
+    pub trims: bool,
+    /// Bytes of padding after every record's value: a seed with big batches sends about 1 MiB
+    /// per batch. The history keeps only the part before the padding.
+    pub record_padding: usize,
 }
 
 impl WorkloadPlan {
@@ -111,11 +122,21 @@ const QUIET: Duration = Duration::from_secs(3);
 
 /// Runs the workload to the end.
 pub async fn run(plan: WorkloadPlan, env: Environment, shared: Arc<Shared>) -> anyhow::Result<()> {
+    if plan.record_padding > 0 {
+        crate::coverage::hit("workload_big_batches");
+    }
     create_topics(&plan, &env, &shared).await?;
     shared.topics_ready.store(true, Ordering::SeqCst);
     shared.note("topics ready");
 
     let consumers_stop = Arc::new(AtomicBool::new(false));
+    let trimmer = plan
+        .trims
+        .then(|| -> anyhow::Result<_> {
+            let trimmer = trimmer::Trimmer::new(&plan, env.client(0)?, Arc::clone(&shared));
+            Ok(tokio::spawn(trimmer.run()))
+        })
+        .transpose()?;
     let mut producers = Vec::new();
     for id in 0..plan.producers {
         let producer = producer::Producer::start(id, &plan, env.client(0)?, Arc::clone(&shared)).await?;
@@ -156,6 +177,9 @@ pub async fn run(plan: WorkloadPlan, env: Environment, shared: Arc<Shared>) -> a
     for group in groups {
         group.await??;
     }
+    if let Some(trimmer) = trimmer {
+        trimmer.await?;
+    }
 
     tokio::time::sleep(QUIET).await;
     drain::run(&plan, &env, &shared).await
@@ -166,9 +190,18 @@ pub async fn run(plan: WorkloadPlan, env: Environment, shared: Arc<Shared>) -> a
 async fn create_topics(plan: &WorkloadPlan, env: &Environment, shared: &Shared) -> anyhow::Result<()> {
     let admin = env.client(3)?;
     let deadline = Instant::now() + STARTUP_DEADLINE;
+    shared.history.lock().record_bytes_max = record_bytes_max(plan);
     for topic in &plan.topics {
+        let setting = plan.retention.get(&topic.name);
+        let config = setting.map(topic_config).unwrap_or_default();
+        let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if let Some(setting) = setting {
+            // Recorded before the create: from then on the topic may be trimmed.
+            shared.history.lock().retention.entry(topic.name.clone()).or_default().push(setting.clone());
+        }
         loop {
-            match admin.create_topic(&topic.name, topic.partitions, plan.replication_factor).await {
+            match admin.create_topic_with_config(&topic.name, topic.partitions, plan.replication_factor, &config).await
+            {
                 Ok(_) => break,
                 Err(err) if err.code() == Some(ErrorCode::TopicExists) => break,
                 Err(err) if Instant::now() < deadline => {
@@ -185,6 +218,29 @@ async fn create_topics(plan: &WorkloadPlan, env: &Environment, shared: &Shared) 
         history.partitions.extend((0..topic.partitions).map(|p| PartitionKey::new(&topic.name, p)));
     }
     Ok(())
+}
+
+/// The part of a record's value the history keeps: everything before the padding a big-batch
+/// seed appends (after a '.').
+pub fn label(value: &[u8]) -> String {
+    let end = value.iter().position(|b| *b == b'.').unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).into_owned()
+}
+
+/// The largest record the workload sends, key and padding included.
+pub fn record_bytes_max(plan: &WorkloadPlan) -> u64 {
+    // A 3-byte key, a value such as "p3-000123" (12 bytes leaves room), a '.' and the padding.
+    3 + 12 + if plan.record_padding > 0 { 1 + plan.record_padding as u64 } else { 0 }
+}
+
+/// The topic configuration that asks for `setting`.
+fn topic_config(setting: &RetentionSetting) -> Vec<(&'static str, String)> {
+    let limit = |bound: Option<u64>| bound.map_or_else(|| "unlimited".to_string(), |b| b.to_string());
+    vec![
+        ("retention.ms", limit(setting.max_age_ms)),
+        ("retention.bytes", limit(setting.max_bytes)),
+        ("max.message.bytes", setting.max_batch_bytes.to_string()),
+    ]
 }
 
 /// Whether a failed produce certainly appended nothing: the server promises that for these

@@ -44,6 +44,8 @@ pub struct Producer {
     shared: Arc<Shared>,
     rng: StdRng,
     next_value: u64,
+    /// Bytes of padding after each value (see [`WorkloadPlan::record_padding`]).
+    padding: Vec<u8>,
 }
 
 impl Producer {
@@ -79,6 +81,13 @@ impl Producer {
             shared,
             rng: StdRng::seed_from_u64(plan.seed ^ 0x7072_6f64_7563_6572 ^ u64::from(id).wrapping_mul(0x9E37_79B9)),
             next_value: 0,
+            padding: if plan.record_padding > 0 {
+                let mut padding = vec![b'x'; plan.record_padding + 1];
+                padding[0] = b'.';
+                padding
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -138,12 +147,13 @@ impl Producer {
         }
         let mut attempt = 0;
         let mut attempts_after_heal = 0;
+        let first_sent_ms = self.shared.now().as_millis() as u64;
         loop {
             attempt += 1;
             if attempt > 1 {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            batch = self.attempt(&topic, batch, attempt).await;
+            batch = self.attempt(&topic, batch, attempt, first_sent_ms).await;
             if batch.is_empty() {
                 return None;
             }
@@ -159,13 +169,19 @@ impl Producer {
     }
 
     /// One produce call; returns the records that were not acknowledged.
-    async fn attempt(&mut self, topic: &str, batch: Vec<(String, String)>, attempt: u32) -> Vec<(String, String)> {
+    async fn attempt(
+        &mut self,
+        topic: &str,
+        batch: Vec<(String, String)>,
+        attempt: u32,
+        first_sent_ms: u64,
+    ) -> Vec<(String, String)> {
         let records: Vec<v1::Record> = batch
             .iter()
-            .map(|(key, value)| v1::Record {
-                key: Some(key.clone().into_bytes().into()),
-                value: value.clone().into_bytes().into(),
-                ..v1::Record::default()
+            .map(|(key, value)| {
+                let mut bytes = value.clone().into_bytes();
+                bytes.extend_from_slice(&self.padding);
+                v1::Record { key: Some(key.clone().into_bytes().into()), value: bytes.into(), ..v1::Record::default() }
             })
             .collect();
         let abandon_after =
@@ -206,7 +222,15 @@ impl Producer {
                     Some(ack) => {
                         let partition = PartitionKey::new(topic, ack.partition);
                         self.shared.note(format!("ack {partition}@{} {value}", ack.offset));
-                        history.acknowledged(Ack { partition, offset: ack.offset, value, producer: self.id });
+                        let bytes = (key.len() + value.len() + self.padding.len()) as u64;
+                        history.acknowledged(Ack {
+                            partition,
+                            offset: ack.offset,
+                            value,
+                            producer: self.id,
+                            bytes,
+                            first_sent_ms,
+                        });
                     }
                     None => {
                         if definite {

@@ -40,6 +40,11 @@ pub fn plan(seed: u64, topic: &str, partitions: u32, replication_factor: u32, pr
         // Consumer groups run in the simulation only: their recorded commits assume the
         // single-threaded runtime of a simulated host (see workload/group_consumer.rs).
         groups: Vec::new(),
+        // Retention is judged in run time, which the chaos run's real clocks follow only
+        // roughly; it runs in the simulation.
+        retention: Default::default(),
+        trims: false,
+        record_padding: 0,
     }
 }
 
