@@ -83,7 +83,7 @@ impl RaftConfig {
             // The partition log is the record store: openraft never compacts it on its own
             // schedule. After retention trims records, the node asks for a snapshot (which costs
             // nothing: a partition's snapshot is its live state, read when a transfer starts)
-            // and purges the log below the first retained record (`server/src/compactor.rs`).
+            // and purges the log below the first retained record (`server/src/partition_driver.rs`).
             snapshot_policy: openraft::SnapshotPolicy::Never,
             // No purge of its own after a snapshot: only up to what retention removed.
             max_in_snapshot_log_to_keep: u64::MAX,

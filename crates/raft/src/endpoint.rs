@@ -10,9 +10,11 @@ use flotilla_types::{GroupId, NodeId};
 use futures::future::BoxFuture;
 use openraft::Raft;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::storage::RaftStateMachine;
+use openraft::vote::{RaftLeaderId, RaftVote};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::staging::{Received, Receiving, Staging};
@@ -55,7 +57,8 @@ pub struct RaftEndpoint<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = G
     raft: Raft<C, SM>,
     group: GroupId,
     engine: Arc<dyn Engine>,
-    /// The snapshot transfer being received. Held across a whole chunk, install included, so
+    /// The snapshot transfer being received. Held across a whole chunk, install included, by
+    /// a task of its own (not the gRPC handler, which a cancelled RPC drops mid-install), so
     /// a new transfer's first chunk cannot clear the staging area an install is reading.
     receiving: Arc<tokio::sync::Mutex<Receiving>>,
 }
@@ -125,8 +128,23 @@ impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = GroupSnapshot>> Grou
         let group = self.group;
         let staging = Staging::new(group, Arc::clone(&self.engine));
         let receiving = Arc::clone(&self.receiving);
-        Box::pin(async move {
-            let mut receiving = receiving.lock().await;
+        // The chunk is handled by a task that owns the receiving lock until it is done: if the
+        // sender gives up on the RPC (a deadline, a leader stepping down, a dead connection),
+        // the handler's future is dropped, but an install already under way finishes before
+        // any other transfer may touch the staging area.
+        let task = tokio::spawn(async move {
+            let mut receiving = receiving.lock_owned().await;
+            if chunk.seq == 0 {
+                // A deposed leader's transfer must not reset the current leader's.
+                let (vote, _): (VoteOf<C>, SnapshotMetaOf<C>) = decode(&chunk.header).map_err(|e| e.to_string())?;
+                let term = raft.metrics().borrow_watched().current_term;
+                let sender_term = vote.leader_id().term();
+                if sender_term < term {
+                    return Err(format!(
+                        "group {group}: a snapshot from a leader of term {sender_term}, this node is at term {term}"
+                    ));
+                }
+            }
             let received =
                 receiving.chunk(&staging, chunk.transfer_id, chunk.seq, &chunk.header, &chunk.data, chunk.done)?;
             let Received::Done { header, chunks } = received else { return Ok(Vec::new()) };
@@ -139,7 +157,8 @@ impl<C: GroupConfig, SM: RaftStateMachine<C, SnapshotData = GroupSnapshot>> Grou
                 tracing::warn!(%group, error = %err, "clearing a staged snapshot");
             }
             Ok(encode(&response?))
-        })
+        });
+        Box::pin(async move { task.await.map_err(|err| format!("snapshot chunk task failed: {err}"))? })
     }
 
     fn propose(&self, command: Bytes) -> BoxFuture<'static, Result<Vec<u8>, ProposeError>> {

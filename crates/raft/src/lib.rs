@@ -45,6 +45,8 @@ pub use type_config::{GroupConfig, Runtime, scoped};
 pub use openraft;
 
 #[cfg(test)]
+mod install_tests;
+#[cfg(test)]
 mod storage_suite;
 #[cfg(test)]
 mod stored_formats;

@@ -101,6 +101,9 @@ pub struct StateMachineStore<C: GroupConfig, A: GroupStateMachine<C>> {
     app: Arc<parking_lot::Mutex<A>>,
     last_applied: Option<LogIdOf<C>>,
     membership: StoredMembershipOf<C>,
+    /// Serializes storing a snapshot (snapshot-only persistence): openraft builds snapshots in
+    /// a task of their own, which may finish after an install stored a newer one.
+    snapshot_lock: Arc<parking_lot::Mutex<()>>,
 }
 
 impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
@@ -114,13 +117,14 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
             app,
             last_applied: None,
             membership: StoredMembershipOf::<C>::default(),
+            snapshot_lock: Arc::default(),
         };
         let persistence = store.app.lock().persistence();
         match persistence {
             Persistence::Incremental => {
                 if store.read::<SnapshotMetaOf<C>>(ADOPTING, "snapshot install marker")?.is_some() {
                     tracing::info!(group = %group, "resuming a snapshot install interrupted by a restart");
-                    store.adopt()?;
+                    adopt::<C, A>(group, &store.engine, &store.app)?;
                 } else {
                     store.staging().clear()?;
                 }
@@ -221,48 +225,6 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
         Ok(())
     }
 
-    /// Step 2 of an install (see the module docs): the commit point.
-    fn commit_install(&mut self, meta: &SnapshotMetaOf<C>) -> io::Result<()> {
-        let Some(last) = meta.last_log_id.clone() else {
-            return Err(io::Error::other(format!("group {}: a snapshot without a last log id", self.group)));
-        };
-        let mut batch = WriteBatch::new();
-        let app_keys = app_range(self.group);
-        batch.delete_range(Space::StateMachine, app_keys.start, app_keys.end);
-        // The old log up to the snapshot goes: what of it matters (retained records) comes back
-        // from the snapshot. Marking it purged in the same write keeps the log openraft sees
-        // consistent at every step, whatever order the adoption writes its records in.
-        let layout = LogLayout::new(self.group);
-        layout.delete_entries(&mut batch, 0, last.index() + 1);
-        layout.put_purged::<C>(&mut batch, &last);
-        self.last_applied = Some(last);
-        self.membership = meta.last_membership.clone();
-        self.put_applied(&mut batch);
-        batch.put(Space::StateMachine, key(self.group, ADOPTING), encode_with_version(SM_STATE_VERSION, meta));
-        Ok(self.engine.write(batch)?)
-    }
-
-    /// Step 3 of an install: restores every staged chunk, one write per chunk, then reloads.
-    fn adopt(&mut self) -> io::Result<()> {
-        let staging = self.staging();
-        let mut app = self.app.lock();
-        while let Some((seq, chunk)) = staging.next_from(0)? {
-            let mut batch = WriteBatch::new();
-            for frame in split_frames(&chunk)? {
-                app.restore_frame(frame, &mut batch)?;
-            }
-            staging.consume_into(&mut batch, seq);
-            self.engine.write(batch)?;
-        }
-        let mut batch = WriteBatch::new();
-        staging.clear_into(&mut batch);
-        batch.delete(Space::StateMachine, key(self.group, ADOPTING));
-        self.engine.write(batch)?;
-        app.restored()?;
-        app.applied();
-        Ok(())
-    }
-
     /// Installs a received snapshot into a snapshot-only state: restored in memory from the
     /// staged chunks, which then become the stored snapshot.
     fn install_in_memory(&mut self, meta: &SnapshotMetaOf<C>) -> io::Result<()> {
@@ -286,6 +248,7 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
         batch.put(Space::StateMachine, key(self.group, SNAPSHOT_META), encode_with_version(SM_STATE_VERSION, meta));
         self.last_applied = meta.last_log_id.clone();
         self.membership = meta.last_membership.clone();
+        let _stored = self.snapshot_lock.lock();
         self.engine.write(batch)?;
         app.applied();
         Ok(())
@@ -293,6 +256,87 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
 
     fn current_meta(&self) -> SnapshotMetaOf<C> {
         SnapshotMetaOf::<C> { last_log_id: self.last_applied.clone(), last_membership: self.membership.clone() }
+    }
+}
+
+/// Step 1½ of an install: every staged frame must restore before the old state is given up,
+/// so a snapshot this build cannot read (a newer build's section, a corrupt chunk) fails the
+/// install with the old state intact rather than after the commit point, where every restart
+/// would fail again.
+fn check_staged<C: GroupConfig, A: GroupStateMachine<C>>(
+    staging: &Staging,
+    app: &parking_lot::Mutex<A>,
+) -> io::Result<()> {
+    let mut app = app.lock();
+    let mut from = 0;
+    while let Some((seq, chunk)) = staging.next_from(from)? {
+        for frame in split_frames(&chunk)? {
+            // Restoring into a batch that is never written only decodes.
+            app.restore_frame(frame, &mut WriteBatch::new())?;
+        }
+        from = seq + 1;
+    }
+    Ok(())
+}
+
+/// Step 2 of an install (see the module docs): the commit point.
+fn commit_install<C: GroupConfig>(group: GroupId, engine: &dyn Engine, meta: &SnapshotMetaOf<C>) -> io::Result<()> {
+    let Some(last) = meta.last_log_id.clone() else {
+        return Err(io::Error::other(format!("group {group}: a snapshot without a last log id")));
+    };
+    let mut batch = WriteBatch::new();
+    let app_keys = app_range(group);
+    batch.delete_range(Space::StateMachine, app_keys.start, app_keys.end);
+    // The old log up to the snapshot goes: what of it matters (retained records) comes back
+    // from the snapshot. Marking it purged in the same write keeps the log openraft sees
+    // consistent at every step, whatever order the adoption writes its records in.
+    let layout = LogLayout::new(group);
+    layout.delete_entries(&mut batch, 0, last.index() + 1);
+    layout.put_purged::<C>(&mut batch, &last);
+    let applied = Applied { last_applied: Some(last), membership: meta.last_membership.clone() };
+    batch.put(Space::StateMachine, key(group, APPLIED), encode_with_version(SM_STATE_VERSION, &applied));
+    batch.put(Space::StateMachine, key(group, ADOPTING), encode_with_version(SM_STATE_VERSION, meta));
+    Ok(engine.write(batch)?)
+}
+
+/// Step 3 of an install: restores every staged chunk, one write per chunk, then reloads the
+/// application and makes the install durable (openraft counts this replica as holding the
+/// snapshot as soon as the install returns).
+fn adopt<C: GroupConfig, A: GroupStateMachine<C>>(
+    group: GroupId,
+    engine: &Arc<dyn Engine>,
+    app: &parking_lot::Mutex<A>,
+) -> io::Result<()> {
+    let staging = Staging::new(group, Arc::clone(engine));
+    let mut app = app.lock();
+    while let Some((seq, chunk)) = staging.next_from(0)? {
+        let mut batch = WriteBatch::new();
+        for frame in split_frames(&chunk)? {
+            app.restore_frame(frame, &mut batch)?;
+        }
+        staging.consume_into(&mut batch, seq);
+        engine.write(batch)?;
+    }
+    let mut batch = WriteBatch::new();
+    staging.clear_into(&mut batch);
+    batch.delete(Space::StateMachine, key(group, ADOPTING));
+    engine.write(batch)?;
+    engine.sync()?;
+    app.restored()?;
+    app.applied();
+    Ok(())
+}
+
+/// Runs `work` on the blocking pool when the engine's calls block (RocksDB), inline when they
+/// never do (the in-memory engine of the simulation, which must stay on its scheduler).
+async fn off_the_workers<T: Send + 'static>(
+    blocking: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    if blocking {
+        tokio::task::spawn_blocking(work).await.map_err(|err| io::Error::other(format!("storage task failed: {err}")))
+    } else {
+        Ok(work())
     }
 }
 
@@ -339,7 +383,13 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
                 Ok(chunks)
             })),
         };
-        SnapshotBuilder { group: self.group, engine: Arc::clone(&self.engine), chunks, meta: self.current_meta() }
+        SnapshotBuilder {
+            group: self.group,
+            engine: Arc::clone(&self.engine),
+            chunks,
+            meta: self.current_meta(),
+            lock: Arc::clone(&self.snapshot_lock),
+        }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, mut snapshot: GroupSnapshot) -> io::Result<()> {
@@ -357,8 +407,18 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachi
         let persistence = self.app.lock().persistence();
         match persistence {
             Persistence::Incremental => {
-                self.commit_install(meta)?;
-                self.adopt()?;
+                // Reads and rewrites every staged chunk: off the async workers, or a large
+                // install would stall every group's heartbeats on this node.
+                let (group, engine, app, staged_meta) =
+                    (self.group, Arc::clone(&self.engine), Arc::clone(&self.app), meta.clone());
+                off_the_workers(self.engine.sync_blocks(), move || {
+                    check_staged::<C, A>(&Staging::new(group, Arc::clone(&engine)), &app)?;
+                    commit_install::<C>(group, engine.as_ref(), &staged_meta)?;
+                    adopt::<C, A>(group, &engine, &app)
+                })
+                .await??;
+                self.last_applied = meta.last_log_id.clone();
+                self.membership = meta.last_membership.clone();
             }
             Persistence::SnapshotOnly => self.install_in_memory(meta)?,
         }
@@ -426,6 +486,7 @@ pub struct SnapshotBuilder<C: GroupConfig> {
     /// whose snapshot is its live state, read when a transfer starts.
     chunks: Option<io::Result<Vec<Vec<u8>>>>,
     meta: SnapshotMetaOf<C>,
+    lock: Arc<parking_lot::Mutex<()>>,
 }
 
 impl<C: GroupConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
@@ -438,10 +499,20 @@ impl<C: GroupConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
             // the log up to it; the records it keeps are the partition's own business.
             return Ok(SnapshotOf::<C, GroupSnapshot> { meta, snapshot: GroupSnapshot::meta_only() });
         };
+        let chunks = chunks?;
+        let _stored = self.lock.lock();
+        // An install may have stored a newer snapshot while this one was being built; the
+        // log below it is gone, so keeping the older one would make the state unrecoverable.
+        if let Some(bytes) = self.engine.get(Space::StateMachine, &key(self.group, SNAPSHOT_META))? {
+            let current: SnapshotMetaOf<C> = decode_with_version("snapshot metadata", SM_STATE_VERSION, &bytes)?;
+            if current.last_log_id >= meta.last_log_id {
+                return Ok(SnapshotOf::<C, GroupSnapshot> { meta: current, snapshot: GroupSnapshot::meta_only() });
+            }
+        }
         let mut batch = WriteBatch::new();
         let stored = chunk_range(self.group, SNAPSHOT_CHUNK);
         batch.delete_range(Space::StateMachine, stored.start, stored.end);
-        for (seq, chunk) in (0u64..).zip(chunks?) {
+        for (seq, chunk) in (0u64..).zip(chunks) {
             batch.put(Space::StateMachine, chunk_key(self.group, SNAPSHOT_CHUNK, seq), chunk);
         }
         batch.put(Space::StateMachine, key(self.group, SNAPSHOT_META), encode_with_version(SM_STATE_VERSION, &meta));

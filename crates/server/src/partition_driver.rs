@@ -53,7 +53,7 @@ pub async fn run(mut driver: Driver) {
         let mut wake: Option<Instant> = None;
 
         // Compaction.
-        if maintenance.floor > 0 && purged_below(&driver.raft) < maintenance.floor - 1 {
+        if maintenance.floor > 0 && purged_below(&driver.raft) < maintenance.floor {
             let due = last_compaction.map_or(now, |at| at + COMPACT_INTERVAL);
             if due <= now {
                 compact(&driver.raft, maintenance.floor - 1).await;

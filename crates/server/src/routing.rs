@@ -8,8 +8,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use flotilla_metadata::TopicRecord;
 use flotilla_raft::NodeInfo;
-use flotilla_types::{ErrorCode, GroupId, NodeId};
+use flotilla_types::{ErrorCode, NodeId, PartitionId};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -75,10 +76,11 @@ pub struct Leadership<'a, H> {
 }
 
 impl<'a> Leadership<'a, std::sync::Arc<Replica>> {
-    /// A partition group: served by its local replica while it leads.
-    pub fn partition(ctx: &'a NodeContext, group: GroupId, what: String) -> Self {
+    /// `partition` of `topic`: served by its local replica while it leads.
+    pub fn partition(ctx: &'a NodeContext, topic: &TopicRecord, partition: PartitionId) -> Self {
+        let group = topic.group(partition);
         Leadership {
-            what,
+            what: format!("partition {partition} of topic {:?}", topic.name),
             here: Box::new(move || ctx.partitions.get(group).filter(|replica| replica.is_leader(ctx.node_id))),
             leader: Box::new(move || ctx.leader_of(group)),
         }

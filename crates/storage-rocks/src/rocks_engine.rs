@@ -205,6 +205,9 @@ impl Engine for RocksEngine {
         // The purged prefix of a partition log usually sits in the bottommost level by the
         // time it is deleted; RocksDB skips that level by default and would keep it.
         options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        // Alongside the automatic compactions, never instead of them: pausing those while a
+        // reclaim runs would let L0 pile up and stall writes.
+        options.set_exclusive_manual_compaction(false);
         self.db.compact_range_cf_opt(self.cf(space)?, Some(range.start), Some(range.end), &options);
         Ok(())
     }

@@ -2,7 +2,7 @@
 //!
 //! Each read goes through one engine view, so it sees the index, the log and the log start of
 //! one moment: retention deleting the batches it reads (the index first, the log entries after
-//! the compactor's purge) can at most move the log start past the offset asked for, which is
+//! the partition driver's purge) can at most move the log start past the offset asked for, which is
 //! then answered as out of range, never as a gap or a missing entry.
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //!
 //! A trim removes whole batches from the front: the index entries go in one range delete, the
 //! log start moves past them, and the floor (the first Raft log index holding a retained
-//! record) rises, after which the node's compactor lets openraft purge the log below it — the
+//! record) rises, after which the node's partition driver lets openraft purge the log below it — the
 //! records' bytes leave the disk then, in one more range delete. Nothing above the high
 //! watermark is ever trimmed: a trim only looks at applied (so committed) batches.
 

@@ -264,9 +264,8 @@ impl AdminService for AdminApi {
         let state = &self.state;
         let topic = state.topic(&request.topic)?;
         state.check_partition(&topic, request.partition)?;
-        let what = format!("partition {} of topic {:?}", request.partition, topic.name);
-        let target = Leadership::partition(state, topic.group(request.partition), what.clone());
-        let (request, what) = (&request, &what);
+        let target = Leadership::partition(state, &topic, request.partition);
+        let (request, what) = (&request, &target.what);
         let log_start = at_leader(
             state,
             &target,

@@ -64,9 +64,8 @@ impl FetchService for FetchApi {
         let state = &self.state;
         let topic = state.topic(&request.topic)?;
         state.check_partition(&topic, request.partition)?;
-        let what = format!("partition {} of topic {:?}", request.partition, topic.name);
-        let target = Leadership::partition(state, topic.group(request.partition), what.clone());
-        let (request, what) = (&request, &what);
+        let target = Leadership::partition(state, &topic, request.partition);
+        let (request, what) = (&request, &target.what);
         let response = at_leader(
             state,
             &target,
@@ -127,9 +126,8 @@ pub(crate) async fn partition_offsets(
     timestamp_ms: Option<i64>,
     was_forwarded: bool,
 ) -> Result<PartitionOffsets, ApiError> {
-    let what = format!("partition {partition} of topic {:?}", topic.name);
-    let target = Leadership::partition(state, topic.group(partition), what.clone());
-    let what = &what;
+    let target = Leadership::partition(state, topic, partition);
+    let what = &target.what;
     at_leader(
         state,
         &target,

@@ -219,11 +219,9 @@ async fn append(
     producer: Option<ProducerSequence>,
     was_forwarded: bool,
 ) -> Result<u64, ApiError> {
-    let group = topic.group(partition);
-    let what = format!("partition {partition} of topic {:?}", topic.name);
-    let target = Leadership::partition(state, group, what.clone());
+    let target = Leadership::partition(state, topic, partition);
     let records = &records;
-    let what = &what;
+    let what = &target.what;
     at_leader(
         state,
         &target,
