@@ -14,7 +14,8 @@
 #
 # Environment: FLOTILLA_BIN, FLO_BIN (default: $CARGO_TARGET_DIR/release/{flotilla,flo},
 # CARGO_TARGET_DIR defaulting to ~/.cache/flotilla/target), STOP_GRACE_S (10: SIGTERM to
-# SIGKILL), READY_DEADLINE_S (60: how long --background waits for the client ports).
+# SIGKILL), READY_DEADLINE_S (60: how long --background waits for the client ports, and then
+# for a metadata leader with every node registered).
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -230,6 +231,32 @@ wait_ready() {
     done
 }
 
+# Polls `flo cluster status` until a metadata leader is elected and every node has registered:
+# open client ports alone are not enough, a topic created before the registrations commit is
+# refused (no registered nodes to place it on). Fails fast if a node exits.
+wait_registered() {
+    local deadline=$((SECONDS + READY_DEADLINE_S)) status dead
+    [[ -x $FLO_BIN ]] || return 0
+    while :; do
+        dead=$(dead_nodes)
+        if [[ -n $dead ]]; then
+            # shellcheck disable=SC2086 # one node id per word
+            report_dead $dead
+            return 1
+        fi
+        status=$("$FLO_BIN" --brokers "$BROKERS" cluster status -o json 2>/dev/null || true)
+        if [[ $status != *'"metadata_leader_id":null'* ]] &&
+            (($(grep -o '"live":true' <<<"$status" | wc -l) >= ${#NODES[@]})); then
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "cluster: no metadata leader with all ${#NODES[@]} nodes registered after ${READY_DEADLINE_S}s; last status: ${status:-none}" >&2
+            return 1
+        fi
+        sleep 0.25
+    done
+}
+
 # Ctrl-C / SIGTERM: stop every node we started and exit 0. Further signals are ignored so the
 # shutdown always completes (it takes at most STOP_GRACE_S).
 on_signal() {
@@ -269,8 +296,8 @@ start_cluster() {
     if [[ $MODE == background ]]; then
         printf '%s\n' "${PID_OF[@]}" >"$PIDS_FILE"
     fi
-    say "started nodes (pids $(all_pids)); waiting up to ${READY_DEADLINE_S}s for client ports"
-    if ! wait_ready; then
+    say "started nodes (pids $(all_pids)); waiting up to ${READY_DEADLINE_S}s for client ports and registration"
+    if ! wait_ready || ! wait_registered; then
         # shellcheck disable=SC2046 # one pid per word
         stop_pids $(all_pids)
         rm -f "$PIDS_FILE"
