@@ -281,6 +281,11 @@ impl ConsumerGroup {
         self.reconcile(partitions);
     }
 
+    /// Hands a newly created topic's partitions to the members subscribed to it.
+    pub fn topic_created(&mut self, partitions: &BTreeMap<String, u32>) {
+        self.reconcile(partitions);
+    }
+
     /// Recomputes the target and hands every free targeted partition to its target member.
     /// `partitions`: partition count of every existing topic.
     fn reconcile(&mut self, partitions: &BTreeMap<String, u32>) {

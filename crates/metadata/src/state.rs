@@ -132,6 +132,9 @@ impl MetadataState {
                     Err(err) => MetaResponse::Rejected(err),
                 }
             }
+            // Deduplication is the state machine's (`MetadataStateMachine`, which keeps the
+            // request log); the catalogue alone just applies the command.
+            MetaCommand::Deduplicated { command, .. } => return self.apply(*command),
             MetaCommand::JoinGroup { .. }
             | MetaCommand::LeaveGroup { .. }
             | MetaCommand::ReleasePartitions { .. }
@@ -277,7 +280,15 @@ impl MetadataState {
             replicas,
             config,
         };
-        self.topics.insert(name, topic.clone());
+        self.topics.insert(name.clone(), topic.clone());
+        // Members may be subscribed to the name already (a topic deleted and created again, or
+        // joined while it existed): the new partitions are theirs now.
+        let partitions = self.partition_counts();
+        for group in self.groups.values_mut() {
+            if group.members.values().any(|m| m.topics.contains(&name)) {
+                Arc::make_mut(group).topic_created(&partitions);
+            }
+        }
         Ok(topic)
     }
 
@@ -359,6 +370,7 @@ impl MetadataState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TopicPartition;
 
     fn three_nodes() -> MetadataState {
         let mut state = MetadataState::default();
@@ -555,7 +567,39 @@ mod tests {
         assert_eq!(state.topics["logs"].config.retention().max_age_ms, Some(flotilla_types::DEFAULT_RETENTION_MS));
         // The catalogue keeps the config through a snapshot.
         let restored: MetadataState =
-            flotilla_raft::decode_versioned(&flotilla_raft::encode_versioned(&state)).expect("snapshot round trip");
+            flotilla_raft::decode(&flotilla_raft::encode(&state)).expect("snapshot round trip");
         assert_eq!(restored, state);
+    }
+
+    #[test]
+    fn a_recreated_topic_is_assigned_to_the_members_subscribed_to_it() {
+        // Review finding 9: a member subscribed to a topic that is deleted and created again
+        // used to get none of the new topic's partitions until the group changed otherwise.
+        let mut state = three_nodes();
+        let create = MetaCommand::CreateTopic {
+            name: "orders".into(),
+            partitions: 2,
+            replication_factor: 1,
+            created_at_ms: 0,
+            config: TopicConfig::default(),
+        };
+        state.apply(create.clone());
+        let MetaReply::Group(Ok(GroupReply::Member(joined))) = state.apply(MetaCommand::JoinGroup {
+            group: "billing".into(),
+            client_id: "c1".into(),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 60_000,
+        }) else {
+            panic!("joined")
+        };
+        let assigned =
+            |state: &MetadataState| state.groups["billing"].view(joined.member_id).expect("a member").assignment;
+        assert_eq!(assigned(&state).len(), 2);
+        state.apply(MetaCommand::DeleteTopic { name: "orders".into() });
+        assert!(assigned(&state).is_empty(), "a deleted topic's partitions are taken away");
+        state.apply(create);
+        let expected: BTreeSet<TopicPartition> = [("orders".to_string(), 0), ("orders".to_string(), 1)].into();
+        assert_eq!(assigned(&state).into_iter().collect::<BTreeSet<_>>(), expected);
     }
 }
