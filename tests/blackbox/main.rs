@@ -10,6 +10,7 @@ mod failover;
 mod forwarding;
 mod groups;
 mod move_replica;
+mod partial_produce;
 mod produce_consume;
 mod producer;
 mod retention;

@@ -122,4 +122,11 @@ pub enum PartitionRejection {
          never removes records that are not yet committed"
     )]
     TrimBeyondHighWatermark { before_offset: u64, high_watermark: u64 },
+    /// The partition does not know the producer and cannot tell whether it forgot it: the
+    /// id is at or below the highest id it evicted to stay within its producer bound.
+    #[error(
+        "producer {producer_id} is unknown to the partition: it remembers at most {max} producers and has          forgotten producers with ids up to {evicted_through}, so it can no longer tell whether this batch was          appended before; start a new producer session",
+        max = crate::producers::PRODUCERS_PER_PARTITION_MAX
+    )]
+    UnknownProducerId { producer_id: u64, evicted_through: u64 },
 }

@@ -23,12 +23,14 @@ pub(crate) enum Prefix {
     Index,
     /// The idempotent producers: `p ++ producer_id (BE)` → a producer's state.
     Producer,
+    /// The producers part's own metadata: one key, a `ProducersMeta` (the eviction floor).
+    ProducersMeta,
 }
 
 impl Prefix {
     /// Every prefix, to check them against each other.
     #[cfg(test)]
-    pub(crate) const ALL: [Prefix; 3] = [Prefix::LogMeta, Prefix::Index, Prefix::Producer];
+    pub(crate) const ALL: [Prefix; 4] = [Prefix::LogMeta, Prefix::Index, Prefix::Producer, Prefix::ProducersMeta];
 
     /// The prefix byte.
     pub(crate) fn byte(self) -> u8 {
@@ -36,6 +38,7 @@ impl Prefix {
             Prefix::LogMeta => b'l',
             Prefix::Index => b'o',
             Prefix::Producer => b'p',
+            Prefix::ProducersMeta => b'q',
         }
     }
 
@@ -77,6 +80,9 @@ pub(crate) enum Section {
     LogBatches = 2,
     /// A run of idempotent producers.
     Producers = 3,
+    /// The producers part's metadata (the eviction floor). Absent from snapshots of builds
+    /// before it: no producer was known to be evicted then.
+    ProducersMeta = 4,
 }
 
 impl Section {
@@ -86,11 +92,12 @@ impl Section {
             1 => Ok(Section::LogMeta),
             2 => Ok(Section::LogBatches),
             3 => Ok(Section::Producers),
+            4 => Ok(Section::ProducersMeta),
             other => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
                     "partition snapshot frame of unknown section {other}: it was sent by a newer build; this build \
-                     knows sections 1 to 3"
+                     knows sections 1 to 4"
                 ),
             )),
         }
@@ -120,7 +127,7 @@ mod tests {
             assert!(byte.is_ascii_lowercase(), "{byte}");
             assert!(&[byte][..] < flotilla_raft::APP_KEYS_END, "prefix {byte} would collide with the Raft glue's keys");
         }
-        for section in [Section::LogMeta, Section::LogBatches, Section::Producers] {
+        for section in [Section::LogMeta, Section::LogBatches, Section::Producers, Section::ProducersMeta] {
             assert_eq!(Section::of(section as u8).expect("known"), section);
         }
         assert!(Section::of(9).expect_err("unknown").to_string().contains("newer build"));

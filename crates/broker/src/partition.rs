@@ -168,6 +168,7 @@ impl PartitionStateMachine {
                 match rejection {
                     PartitionRejection::ProducerFenced { .. } => flotilla_types::coverage!("producer_epoch_fenced"),
                     PartitionRejection::OutOfOrderSequence { .. } => flotilla_types::coverage!("out_of_order_sequence"),
+                    PartitionRejection::UnknownProducerId { .. } => flotilla_types::coverage!("unknown_producer_id"),
                     PartitionRejection::TrimBeyondHighWatermark { .. } => {}
                 }
                 PartitionResponse::Rejected(rejection)
@@ -460,20 +461,31 @@ mod tests {
     }
 
     #[test]
-    fn evicted_producers_are_deleted_from_storage_too() {
+    fn evicted_producers_are_deleted_from_storage_and_stay_unknown() {
         let mut p = Replica::new();
         let producers = crate::PRODUCERS_PER_PARTITION_MAX as u64 + 1;
         for id in 1..=producers {
             p.send((id, 0, 0), &["r"]);
         }
         assert_eq!(p.sm.producer_count(), crate::PRODUCERS_PER_PARTITION_MAX);
-        let reopened = p.reopen();
+        let mut reopened = p.reopen();
         assert_eq!(reopened.sm.producer_count(), crate::PRODUCERS_PER_PARTITION_MAX);
         assert!(reopened.sm.producers.get(1).is_none(), "the least recently used producer went");
-        // Forgotten, producer 1 is a stranger now: it must start a new session.
-        assert!(matches!(
-            p.send((1, 0, 1), &["r"]),
-            PartitionResponse::Rejected(PartitionRejection::OutOfOrderSequence { expected: 0, .. })
-        ));
+        // Forgotten, producer 1 can no longer be deduplicated: neither its retried first batch
+        // nor its next one is taken for a new producer's, here or after a restart (the
+        // eviction floor is stored with the producers).
+        let mut installed = Replica::new();
+        installed.install_from(&p);
+        for replica in [&mut p, &mut reopened, &mut installed] {
+            for sequence in [0, 1] {
+                assert_eq!(
+                    replica.send((1, 0, sequence), &["r"]),
+                    PartitionResponse::Rejected(PartitionRejection::UnknownProducerId {
+                        producer_id: 1,
+                        evicted_through: 1
+                    })
+                );
+            }
+        }
     }
 }

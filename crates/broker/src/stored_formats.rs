@@ -12,7 +12,7 @@ use flotilla_raft::{decode_entry, encode_entry};
 use flotilla_types::{Header, Record, RetentionPolicy};
 
 use crate::log::{BatchRun, SnapshotBatch};
-use crate::producers::{ProducerRun, ProducerState};
+use crate::producers::{ProducerRun, ProducerState, ProducersMeta};
 use crate::{
     IndexEntry, LogMeta, PartitionCommand, PartitionConfig, PartitionEntry, PartitionWatermarks, ProducerSequence,
 };
@@ -86,6 +86,7 @@ fn the_partition_state_still_decodes() {
     };
     golden::check(&dir(), "partition_log_meta.v1", &meta);
     golden::check(&dir(), "partition_producer_state.v1", &producer_state());
+    golden::check(&dir(), "partition_producers_meta.v1", &ProducersMeta { evicted_through: 77 });
 }
 
 fn producer_state() -> ProducerState {

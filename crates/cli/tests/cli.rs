@@ -226,7 +226,7 @@ impl ProduceService for FakeNode {
             log.push(record);
         }
         self.appended.notify_waiters();
-        Ok(Response::new(v1::ProduceResponse { acks }))
+        Ok(Response::new(v1::ProduceResponse { acks, ..Default::default() }))
     }
 
     /// One session for everyone: the fake appends idempotent batches like any other (it never

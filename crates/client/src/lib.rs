@@ -27,7 +27,7 @@ pub use client::{Client, LOCAL_CLUSTER};
 pub use config::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom, TopicPartition};
 pub use error::ClientError;
-pub use flotilla_proto::error::{LeaderHint, WireError};
+pub use flotilla_proto::error::{LeaderHint, WireError, produce_result};
 pub use flotilla_proto::net::{Connector, tcp_connector};
 pub use flotilla_proto::v1;
 pub use flotilla_types::ErrorCode;

@@ -76,7 +76,7 @@ impl ProduceService for FakeNode {
             let seen = cluster.batches.entry((producer.producer_id, partition)).or_default();
             if let Some((_, _, base)) = seen.iter().find(|(seq, n, _)| *seq == producer.base_sequence && *n == count) {
                 let acks = (0..count as u64).map(|i| v1::RecordAck { partition, offset: base + i }).collect();
-                return Ok(Response::new(v1::ProduceResponse { acks }));
+                return Ok(Response::new(v1::ProduceResponse { acks, ..Default::default() }));
             }
             let expected = seen.last().map_or(0, |(seq, n, _)| seq + *n as u64);
             if producer.base_sequence != expected {
@@ -100,7 +100,7 @@ impl ProduceService for FakeNode {
             cluster.lose_replies -= 1;
             return Err(status(ErrorCode::Timeout, "the reply was lost", None));
         }
-        Ok(Response::new(v1::ProduceResponse { acks }))
+        Ok(Response::new(v1::ProduceResponse { acks, ..Default::default() }))
     }
 
     async fn init_producer(

@@ -9,6 +9,9 @@ const CODE_KEY: &str = "flotilla-error-code";
 const NAME_KEY: &str = "flotilla-error-name";
 const LEADER_ID_KEY: &str = "flotilla-leader-id";
 const LEADER_ADDRESS_KEY: &str = "flotilla-leader-address";
+/// Trailer of a `PRODUCE_INCOMPLETE` error: the encoded `ProduceResponse` with each
+/// partition's outcome.
+pub const PRODUCE_RESULT_KEY: &str = "flotilla-produce-result-bin";
 
 /// A leader hint attached to `NotLeader` errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,9 +31,14 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         TopicExists => tonic::Code::AlreadyExists,
         OffsetOutOfRange | PartitionOutOfRange => tonic::Code::OutOfRange,
         ReplicationFactorTooLarge => tonic::Code::FailedPrecondition,
-        NodeIdMismatch | WipedDisk | UnsupportedStorageFormat | ProducerFenced | OutOfOrderSequence => {
-            tonic::Code::FailedPrecondition
-        }
+        NodeIdMismatch
+        | WipedDisk
+        | UnsupportedStorageFormat
+        | ProducerFenced
+        | OutOfOrderSequence
+        | UnknownProducerId => tonic::Code::FailedPrecondition,
+        // Partly done: the client must look at the parts before doing anything else.
+        ProduceIncomplete => tonic::Code::Aborted,
         UnknownGroup => tonic::Code::NotFound,
         UnknownMember | StaleMemberEpoch | GroupActive | PartitionNotAssigned | OffsetRegression => {
             tonic::Code::FailedPrecondition
@@ -61,6 +69,19 @@ pub fn status(code: ErrorCode, message: impl Into<String>, leader: Option<&Leade
         }
     }
     status
+}
+
+/// Attaches a produce request's per-partition outcome to its `PRODUCE_INCOMPLETE` status.
+pub fn attach_produce_result(status: &mut tonic::Status, result: &crate::v1::ProduceResponse) {
+    let bytes = prost::Message::encode_to_vec(result);
+    status.metadata_mut().insert_bin(PRODUCE_RESULT_KEY, tonic::metadata::MetadataValue::from_bytes(&bytes));
+}
+
+/// The per-partition outcome a `PRODUCE_INCOMPLETE` status carries, if it carries one.
+pub fn produce_result(status: &tonic::Status) -> Option<crate::v1::ProduceResponse> {
+    let value = status.metadata().get_bin(PRODUCE_RESULT_KEY)?;
+    let bytes = value.to_bytes().ok()?;
+    prost::Message::decode(bytes.as_ref()).ok()
 }
 
 /// A Flotilla error as a client sees it.

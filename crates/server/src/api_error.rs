@@ -4,23 +4,26 @@
 
 use flotilla_broker::{BrokerError, PartitionRejection};
 use flotilla_metadata::{GroupError, MetaError};
-use flotilla_proto::error::{LeaderHint, status};
+use flotilla_proto::error::{LeaderHint, attach_produce_result, status};
+use flotilla_proto::v1::ProduceResponse;
 use flotilla_raft::{NodeInfo, ProposeError};
 use flotilla_types::{ConfigError, ErrorCode, NodeId};
 
-/// An error returned to a client: a stable code, a message naming the offending value, and
-/// for `NotLeader` where the leader is.
+/// An error returned to a client: a stable code, a message naming the offending value, for
+/// `NotLeader` where the leader is, and for a produce that failed on some partitions what
+/// happened on each.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub leader: Option<LeaderHint>,
+    pub produce_result: Option<Box<ProduceResponse>>,
 }
 
 impl ApiError {
     /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), leader: None }
+        ApiError { code, message: message.into(), leader: None, produce_result: None }
     }
 
     /// `NotLeader` pointing at `leader` when known.
@@ -30,6 +33,7 @@ impl ApiError {
                 code: ErrorCode::NotLeader,
                 message: format!("this node does not lead {what}; node {id} at {} does", info.client_address),
                 leader: Some(LeaderHint { id, address: info.client_address }),
+                produce_result: None,
             },
             None => {
                 ApiError::new(ErrorCode::LeaderUnavailable, format!("{what} has no leader right now; retry shortly"))
@@ -103,6 +107,7 @@ impl ApiError {
             PartitionRejection::ProducerFenced { .. } => ErrorCode::ProducerFenced,
             PartitionRejection::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
             PartitionRejection::TrimBeyondHighWatermark { .. } => ErrorCode::OffsetOutOfRange,
+            PartitionRejection::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
         };
         ApiError::new(code, format!("{what}: {rejection}"))
     }
@@ -121,12 +126,21 @@ impl ApiError {
 
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> Self {
-        status(err.code, err.message, err.leader.as_ref())
+        let mut status = status(err.code, err.message, err.leader.as_ref());
+        if let Some(result) = &err.produce_result {
+            attach_produce_result(&mut status, result);
+        }
+        status
     }
 }
 
 /// Reads a forwarded call's failure back into an [`ApiError`], keeping the code.
 pub fn from_status(status: &tonic::Status) -> ApiError {
     let wire = flotilla_proto::error::WireError::from_status(status);
-    ApiError { code: wire.code.unwrap_or(ErrorCode::Unavailable), message: wire.message, leader: wire.leader }
+    ApiError {
+        code: wire.code.unwrap_or(ErrorCode::Unavailable),
+        message: wire.message,
+        leader: wire.leader,
+        produce_result: flotilla_proto::error::produce_result(status).map(Box::new),
+    }
 }

@@ -41,6 +41,11 @@ pub enum ErrorCode {
     BatchTooLarge = 202,
     /// The request holds more records than allowed.
     TooManyRecords = 203,
+    /// A produce whose records went to several partitions was appended on some and not on
+    /// others: the message and the `flotilla-produce-result-bin` trailer (a `ProduceResponse`)
+    /// give each partition's outcome. Not retriable as a whole: resending it would append the
+    /// acknowledged partitions' records again.
+    ProduceIncomplete = 204,
     /// The fetch offset is outside the partition's retained range.
     OffsetOutOfRange = 210,
 
@@ -68,6 +73,10 @@ pub enum ErrorCode {
     /// An idempotent batch is neither the next one the partition expects from the producer
     /// nor a recent one it already appended; the message names both sequence numbers.
     OutOfOrderSequence = 501,
+    /// The partition does not remember the producer id and cannot tell whether it forgot it
+    /// (it evicted producers to stay within its bound): it can no longer deduplicate this
+    /// producer's batches. Not appended; start a new producer session.
+    UnknownProducerId = 502,
 
     /// No consumer group has that name.
     UnknownGroup = 600,
@@ -113,6 +122,7 @@ impl ErrorCode {
             201 => RecordTooLarge,
             202 => BatchTooLarge,
             203 => TooManyRecords,
+            204 => ProduceIncomplete,
             210 => OffsetOutOfRange,
             300 => NotLeader,
             301 => LeaderUnavailable,
@@ -123,6 +133,7 @@ impl ErrorCode {
             402 => UnsupportedStorageFormat,
             500 => ProducerFenced,
             501 => OutOfOrderSequence,
+            502 => UnknownProducerId,
             600 => UnknownGroup,
             601 => UnknownMember,
             602 => StaleMemberEpoch,
@@ -167,6 +178,7 @@ impl ErrorCode {
             RecordTooLarge => "RECORD_TOO_LARGE",
             BatchTooLarge => "BATCH_TOO_LARGE",
             TooManyRecords => "TOO_MANY_RECORDS",
+            ProduceIncomplete => "PRODUCE_INCOMPLETE",
             OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
             NotLeader => "NOT_LEADER",
             LeaderUnavailable => "LEADER_UNAVAILABLE",
@@ -177,6 +189,7 @@ impl ErrorCode {
             UnsupportedStorageFormat => "UNSUPPORTED_STORAGE_FORMAT",
             ProducerFenced => "PRODUCER_FENCED",
             OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
+            UnknownProducerId => "UNKNOWN_PRODUCER_ID",
             UnknownGroup => "UNKNOWN_GROUP",
             UnknownMember => "UNKNOWN_MEMBER",
             StaleMemberEpoch => "STALE_MEMBER_EPOCH",
@@ -207,6 +220,9 @@ mod tests {
         // The numbers are public API: clients compare them.
         assert_eq!(ErrorCode::from_u32(500), Some(ErrorCode::ProducerFenced));
         assert_eq!(ErrorCode::from_u32(501), Some(ErrorCode::OutOfOrderSequence));
+        assert_eq!(ErrorCode::from_u32(502), Some(ErrorCode::UnknownProducerId));
+        assert_eq!(ErrorCode::UnknownProducerId.name(), "UNKNOWN_PRODUCER_ID");
+        assert!(!ErrorCode::UnknownProducerId.is_retriable());
         assert_eq!(ErrorCode::ProducerFenced.name(), "PRODUCER_FENCED");
         assert_eq!(ErrorCode::OutOfOrderSequence.name(), "OUT_OF_ORDER_SEQUENCE");
         // Resending the same batch cannot fix either: the session must change.

@@ -264,6 +264,7 @@ pub fn definitely_not_appended(err: &ClientError) -> bool {
                     | ErrorCode::ReplicaNotHere
                     | ErrorCode::ProducerFenced
                     | ErrorCode::OutOfOrderSequence
+                    | ErrorCode::UnknownProducerId
             )
         )
 }

@@ -33,6 +33,19 @@ impl Versioned for ProducerRun {
     const VERSION: u8 = 1;
 }
 
+/// The producers part's own state beside the table: stored under its own key and sent as its
+/// own snapshot section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducersMeta {
+    /// The highest producer id the partition evicted (0: none).
+    pub evicted_through: u64,
+}
+
+impl Versioned for ProducersMeta {
+    const FORMAT: &'static str = "partition producers metadata";
+    const VERSION: u8 = 1;
+}
+
 /// The idempotent producers of one partition.
 pub(crate) struct ProducersPart {
     table: ProducerTable,
@@ -40,6 +53,8 @@ pub(crate) struct ProducersPart {
     dirty: BTreeSet<u64>,
     /// Producers evicted since the last flush.
     evicted: BTreeSet<u64>,
+    /// The eviction floor as last written.
+    flushed_floor: u64,
 }
 
 impl ProducersPart {
@@ -77,9 +92,13 @@ impl ProducersPart {
 }
 
 impl Part for ProducersPart {
-    const SECTIONS: &'static [Section] = &[Section::Producers];
+    const SECTIONS: &'static [Section] = &[Section::ProducersMeta, Section::Producers];
 
     fn load(group: GroupId, store: &dyn EngineView) -> io::Result<Self> {
+        let meta = match store.get(Space::StateMachine, &Prefix::ProducersMeta.key(group, &[]))? {
+            Some(bytes) => decode_versioned::<ProducersMeta>(&bytes)?,
+            None => ProducersMeta::default(),
+        };
         let range = Prefix::Producer.range(group);
         let rows = store.scan(Space::StateMachine, &range.start[..]..&range.end[..], Direction::Forward, usize::MAX)?;
         let mut entries = Vec::with_capacity(rows.len());
@@ -87,13 +106,20 @@ impl Part for ProducersPart {
             entries.push((Prefix::id_of(&key)?, decode_versioned::<ProducerState>(&value)?));
         }
         Ok(ProducersPart {
-            table: ProducerTable::from_entries(entries),
+            table: ProducerTable::from_entries(entries, meta.evicted_through),
             dirty: BTreeSet::new(),
             evicted: BTreeSet::new(),
+            flushed_floor: meta.evicted_through,
         })
     }
 
     fn flush(&mut self, group: GroupId, batch: &mut WriteBatch) {
+        let floor = self.table.evicted_through();
+        if floor != self.flushed_floor {
+            let meta = ProducersMeta { evicted_through: floor };
+            batch.put(Space::StateMachine, Prefix::ProducersMeta.key(group, &[]), encode_versioned(&meta));
+            self.flushed_floor = floor;
+        }
         for id in std::mem::take(&mut self.evicted) {
             batch.delete(Space::StateMachine, Prefix::Producer.id_key(group, id));
         }
@@ -105,10 +131,18 @@ impl Part for ProducersPart {
     }
 
     fn snapshot_frames(group: GroupId, view: Arc<dyn EngineView>) -> Frames {
+        let meta = view
+            .get(Space::StateMachine, &Prefix::ProducersMeta.key(group, &[]))
+            .map_err(io::Error::from)
+            .and_then(|stored| match stored {
+                Some(bytes) => decode_versioned::<ProducersMeta>(&bytes),
+                None => Ok(ProducersMeta::default()),
+            })
+            .map(|meta| Section::ProducersMeta.frame(encode_versioned(&meta)));
         let range = Prefix::Producer.range(group);
         let mut cursor = range.start.clone();
         let mut done = false;
-        Box::new(std::iter::from_fn(move || {
+        let producers = std::iter::from_fn(move || {
             if done {
                 return None;
             }
@@ -133,10 +167,16 @@ impl Part for ProducersPart {
             let producers: io::Result<Vec<(u64, ProducerState)>> =
                 rows.iter().map(|(key, value)| Ok((Prefix::id_of(key)?, decode_versioned(value)?))).collect();
             Some(producers.map(|producers| Section::Producers.frame(encode_versioned(&ProducerRun { producers }))))
-        }))
+        });
+        Box::new(std::iter::once(meta).chain(producers))
     }
 
-    fn restore_frame(group: GroupId, _section: Section, body: &[u8], batch: &mut WriteBatch) -> io::Result<()> {
+    fn restore_frame(group: GroupId, section: Section, body: &[u8], batch: &mut WriteBatch) -> io::Result<()> {
+        if section == Section::ProducersMeta {
+            let meta: ProducersMeta = decode_versioned(body)?;
+            batch.put(Space::StateMachine, Prefix::ProducersMeta.key(group, &[]), encode_versioned(&meta));
+            return Ok(());
+        }
         let run: ProducerRun = decode_versioned(body)?;
         for (id, state) in &run.producers {
             batch.put(Space::StateMachine, Prefix::Producer.id_key(group, *id), encode_versioned(state));

@@ -16,8 +16,9 @@ use crate::{PartitionRejection, ProducerSequence};
 pub const BATCHES_PER_PRODUCER: usize = 5;
 
 /// Producers remembered per partition. Beyond it the least recently used producer is
-/// forgotten: its next batch is refused as out of order (expected sequence 0) and it must start
-/// a new session. Without a bound, a client that opens sessions in a loop would grow every
+/// forgotten: its next batch is refused with `UNKNOWN_PRODUCER_ID` (never taken for a new
+/// producer's first batch, which could append a retried batch twice) and it must start a new
+/// session. Without a bound, a client that opens sessions in a loop would grow every
 /// partition's memory and snapshot without limit. 10,000 entries take about 1.5 MB.
 pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 
@@ -71,12 +72,19 @@ pub(crate) struct ProducerTable {
     producers: BTreeMap<u64, ProducerState>,
     /// `(last_used, producer_id)` of every producer: the first is the one to evict.
     by_recency: BTreeSet<(u64, u64)>,
+    /// The highest producer id ever evicted (0: none). Producer ids are handed out in
+    /// increasing order and never reused, so a producer this table does not know is new to
+    /// the partition only if its id is above this; at or below, it may have been evicted.
+    evicted_through: u64,
 }
 
 impl ProducerTable {
     /// A table holding `entries` (as loaded from storage or a snapshot).
-    pub fn from_entries(entries: impl IntoIterator<Item = (u64, ProducerState)>) -> ProducerTable {
-        let mut table = ProducerTable::default();
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = (u64, ProducerState)>,
+        evicted_through: u64,
+    ) -> ProducerTable {
+        let mut table = ProducerTable { evicted_through, ..ProducerTable::default() };
         for (id, state) in entries {
             table.by_recency.insert((state.last_used, id));
             table.producers.insert(id, state);
@@ -99,7 +107,16 @@ impl ProducerTable {
     pub fn check(&self, producer: &ProducerSequence, count: u32) -> Verdict {
         let ProducerSequence { producer_id, producer_epoch: epoch, base_sequence: received } = *producer;
         let expected = match self.producers.get(&producer_id) {
-            // A producer new to this partition (or forgotten by it) starts at 0.
+            // Perhaps evicted: its batch may be a retry of one appended before, which this
+            // table can no longer recognise. Neither appending it (a duplicate) nor calling it
+            // out of order (it may be in order) would be true.
+            None if producer_id <= self.evicted_through => {
+                return Verdict::Reject(PartitionRejection::UnknownProducerId {
+                    producer_id,
+                    evicted_through: self.evicted_through,
+                });
+            }
+            // A producer new to this partition starts at 0.
             None => 0,
             Some(state) if epoch < state.epoch => {
                 return Verdict::Reject(PartitionRejection::ProducerFenced {
@@ -153,6 +170,7 @@ impl ProducerTable {
             // `id` was used last, so it is never the first to go.
             let (_, oldest) = self.by_recency.pop_first().expect("more producers than the bound, so not empty");
             self.producers.remove(&oldest);
+            self.evicted_through = self.evicted_through.max(oldest);
             evicted.push(oldest);
         }
         evicted
@@ -165,6 +183,11 @@ impl ProducerTable {
             state.last_used = log_index;
             self.by_recency.insert((log_index, producer_id));
         }
+    }
+
+    /// The highest producer id ever evicted (0: none).
+    pub fn evicted_through(&self) -> u64 {
+        self.evicted_through
     }
 
     /// Producers remembered.
@@ -256,7 +279,32 @@ mod tests {
         assert_eq!(table.len(), PRODUCERS_PER_PARTITION_MAX);
         assert!(table.get(1).is_some() && table.get(2).is_none());
         // The rebuilt table evicts the same way (recency is part of the persisted state).
-        let rebuilt = ProducerTable::from_entries(table.entries().map(|(id, s)| (id, s.clone())));
+        let rebuilt = ProducerTable::from_entries(table.entries().map(|(id, s)| (id, s.clone())), 2);
         assert_eq!(rebuilt.by_recency, table.by_recency);
+    }
+
+    #[test]
+    fn an_evicted_producer_is_refused_as_unknown_never_taken_for_a_new_one() {
+        // Review finding 6: an evicted producer's retried first batch used to be appended a
+        // second time, and a later batch refused as out of order although it was appended.
+        let mut table = ProducerTable::default();
+        let mut index = 0;
+        for id in 1..=PRODUCERS_PER_PARTITION_MAX as u64 + 1 {
+            index += 1;
+            table.record_append(&batch(id, 0, 0), 1, id, index);
+        }
+        assert!(table.get(1).is_none(), "producer 1 was the least recently used");
+        assert_eq!(table.evicted_through(), 1);
+        let unknown = Verdict::Reject(PartitionRejection::UnknownProducerId { producer_id: 1, evicted_through: 1 });
+        assert_eq!(table.check(&batch(1, 0, 0), 1), unknown, "a retry of its appended batch");
+        assert_eq!(table.check(&batch(1, 0, 1), 1), unknown, "its next batch");
+        assert_eq!(table.check(&batch(1, 1, 0), 1), unknown, "a new epoch of the same id");
+        // Ids above the floor are new to the partition: their first batch starts at 0.
+        let fresh = PRODUCERS_PER_PARTITION_MAX as u64 + 2;
+        assert_eq!(table.check(&batch(fresh, 0, 0), 1), Verdict::Append);
+        // The floor survives a reload.
+        let rebuilt =
+            ProducerTable::from_entries(table.entries().map(|(id, s)| (id, s.clone())), table.evicted_through());
+        assert_eq!(rebuilt.check(&batch(1, 0, 0), 1), unknown);
     }
 }

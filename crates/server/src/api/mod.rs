@@ -8,6 +8,7 @@ mod convert;
 mod fetch;
 mod group;
 mod produce;
+mod produce_answer;
 
 pub use admin::AdminApi;
 pub use cluster::ClusterApi;

@@ -9,13 +9,14 @@ use flotilla_broker::{PartitionCommand, PartitionEntry, PartitionResponse, Produ
 use flotilla_metadata::TopicRecord;
 use flotilla_proto::v1::produce_service_client::ProduceServiceClient;
 use flotilla_proto::v1::produce_service_server::ProduceService;
-use flotilla_proto::v1::{InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, RecordAck};
+use flotilla_proto::v1::{InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse};
 use flotilla_raft::ProposeError;
 use flotilla_raft::openraft::error::RaftError;
 use flotilla_raft::openraft::impls::ProgressResponder;
 use flotilla_types::{ErrorCode, PartitionId, Record, partition_for_key};
 use tonic::{Request, Response, Status};
 
+use super::produce_answer::{PartitionOutcome, answer};
 use crate::api_error::{ApiError, from_status};
 use crate::context::NodeContext;
 use crate::partitions::Replica;
@@ -194,18 +195,12 @@ pub async fn produce(
     let appends = by_partition.into_iter().map(|(partition, (indexes, records))| {
         let topic = &topic;
         async move {
-            let base = append(state, topic, partition, records, producer, forwarded).await?;
-            Ok::<_, ApiError>((partition, indexes, base))
+            let result = append(state, topic, partition, records, producer, forwarded).await;
+            PartitionOutcome { partition, indexes, result }
         }
     });
-    let mut acks = vec![RecordAck::default(); count];
-    for result in futures::future::join_all(appends).await {
-        let (partition, indexes, base) = result?;
-        for (i, index) in indexes.into_iter().enumerate() {
-            acks[index] = RecordAck { partition, offset: base + i as u64 };
-        }
-    }
-    Ok(ProduceResponse { acks })
+    let outcomes = futures::future::join_all(appends).await;
+    answer(&topic.name, count, outcomes)
 }
 
 /// Appends `records` to one partition and returns the base offset they got. With `producer`
