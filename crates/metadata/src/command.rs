@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use flotilla_types::{ConfigError, GroupId, NodeId, TopicConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::{GroupError, MemberView, TopicPartition, TopicRecord};
+use crate::{GroupError, MemberView, RequestId, TopicPartition, TopicRecord};
 
 /// A change to the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,35 @@ pub enum MetaCommand {
     /// defaults. Judged at apply against the topic's config then (so concurrent changes of
     /// different keys both hold), with the proposing node's batch limit, which it carries.
     AlterTopicConfig { name: String, set: BTreeMap<String, String>, unset: Vec<String>, batch_bytes_max: u64 },
+    /// `command`, applied at most once per `request`: a later entry with the same request id
+    /// (a retry after an ambiguous failure) is answered with the first one's reply while the
+    /// state machine remembers it (`RequestLog`). Never nested.
+    Deduplicated { request: RequestId, command: Box<MetaCommand> },
+}
+
+impl MetaCommand {
+    /// Whether a retry of this command after an ambiguous failure would change the outcome,
+    /// so it is proposed [`MetaCommand::Deduplicated`]: creating, deleting, moving, configuring,
+    /// joining, leaving, releasing and resetting. Registrations, leader reports, allocations
+    /// (a lost id is harmless) and offset commits (fenced, and the same commit twice is the
+    /// same commit) are safe to apply twice and too frequent to remember.
+    pub fn needs_deduplication(&self) -> bool {
+        match self {
+            MetaCommand::CreateTopic { .. }
+            | MetaCommand::DeleteTopic { .. }
+            | MetaCommand::MoveReplica { .. }
+            | MetaCommand::AlterTopicConfig { .. }
+            | MetaCommand::JoinGroup { .. }
+            | MetaCommand::LeaveGroup { .. }
+            | MetaCommand::ReleasePartitions { .. }
+            | MetaCommand::ResetOffsets { .. } => true,
+            MetaCommand::RegisterNode { .. }
+            | MetaCommand::ReportLeaders { .. }
+            | MetaCommand::AllocateProducerId
+            | MetaCommand::CommitOffsets { .. }
+            | MetaCommand::Deduplicated { .. } => false,
+        }
+    }
 }
 
 /// Why a member left its group.
@@ -173,6 +202,7 @@ impl std::fmt::Display for MetaCommand {
             MetaCommand::AlterTopicConfig { name, set, unset, .. } => {
                 write!(f, "alter topic {name:?}: set {set:?}, unset {unset:?}")
             }
+            MetaCommand::Deduplicated { request, command } => write!(f, "{command} (request {request})"),
         }
     }
 }

@@ -7,6 +7,7 @@
 mod command;
 mod groups;
 mod placement;
+mod requests;
 mod state;
 mod state_machine;
 #[cfg(test)]
@@ -17,5 +18,6 @@ pub use groups::{
     CommittedOffset, ConsumerGroup, GROUP_MEMBERS_MAX, GroupError, GroupMember, MemberView, TopicPartition, assign,
 };
 pub use placement::place_replicas;
+pub use requests::{REQUESTS_REMEMBERED, RequestId, RequestLog};
 pub use state::{LeaderHint, MetadataState, NodeRecord, TopicRecord};
 pub use state_machine::{MetaConfig, MetadataStateMachine};

@@ -10,7 +10,8 @@ use flotilla_raft::openraft::{Entry, EntryPayload, RaftTypeConfig};
 use flotilla_raft::{decode_entry, encode_entry};
 use flotilla_types::{GroupId, Limit, TopicConfig};
 
-use crate::{LeaveReason, MetaCommand, MetaConfig, MetadataState};
+use crate::state_machine::CatalogueSnapshot;
+use crate::{LeaveReason, MetaCommand, MetaConfig, MetaResponse, MetadataState, RequestId, RequestLog};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -87,6 +88,13 @@ fn commands() -> Vec<(&'static str, MetaCommand)> {
                 batch_bytes_max: 8 << 20,
             },
         ),
+        (
+            "deduplicated",
+            MetaCommand::Deduplicated {
+                request: RequestId { node: 3, incarnation: 0xabcd, sequence: 12 },
+                command: Box::new(MetaCommand::DeleteTopic { name: "old".into() }),
+            },
+        ),
     ]
 }
 
@@ -129,5 +137,12 @@ fn the_catalogue_snapshot_still_decodes() {
         !state.topics.is_empty() && !state.groups.is_empty() && state.last_producer_id > 0,
         "a catalogue with every kind of state"
     );
-    golden::check(&dir(), "metadata_catalogue.v1", &state);
+    golden::check_older(
+        &dir(),
+        "metadata_catalogue.v1",
+        &CatalogueSnapshot { state: state.clone(), requests: RequestLog::default() },
+    );
+    let mut requests = RequestLog::default();
+    requests.remember(RequestId { node: 2, incarnation: 0xfeed, sequence: 9 }, MetaResponse::Done.into());
+    golden::check(&dir(), "metadata_catalogue.v2", &CatalogueSnapshot { state, requests });
 }

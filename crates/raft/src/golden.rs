@@ -22,6 +22,23 @@ pub fn check<T: Versioned + PartialEq + Debug>(dir: &Path, name: &str, value: &T
     check_with(dir, name, value, encode_versioned, decode_versioned);
 }
 
+/// Checks that `dir/name.bin`, written under an older version of `T`'s format, still decodes
+/// to `value` (only decodes: this build writes the newer version, checked by [`check`]).
+pub fn check_older<T: Versioned + PartialEq + Debug>(dir: &Path, name: &str, value: &T) {
+    let path: PathBuf = dir.join(format!("{name}.bin"));
+    let golden =
+        std::fs::read(&path).unwrap_or_else(|err| panic!("golden file {} cannot be read: {err}", path.display()));
+    let decoded = decode_versioned::<T>(&golden).unwrap_or_else(|err| {
+        panic!(
+            "golden file {} of an older {} version no longer decodes: {err}. Data stored by earlier builds would be \
+             unreadable (ARCHITECTURE.md, \"Stored formats\")",
+            path.display(),
+            T::FORMAT
+        )
+    });
+    assert_eq!(&decoded, value, "golden file {} decodes to a different value", path.display());
+}
+
 /// [`check`] for formats with an encoding of their own (such as Raft log entries).
 pub fn check_with<T: PartialEq + Debug>(
     dir: &Path,

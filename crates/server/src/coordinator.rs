@@ -60,7 +60,10 @@ pub async fn heartbeat(
     let Some(term) = state.meta.leading_term() else {
         return Err(ApiError::not_leader("the metadata group (group coordinator)", state.meta.leader()));
     };
-    let catalogue = state.meta.catalogue();
+    // Only from a catalogue holding everything committed: a new leader that has not applied
+    // the old leader's last commits yet would answer UNKNOWN_MEMBER to a member that just
+    // joined, which would then join again and leave an orphan behind.
+    let catalogue = state.meta.linearizable_catalogue().await?;
     let view = catalogue
         .groups
         .get(group)

@@ -2,13 +2,16 @@
 //! proposing changes (locally when leader, forwarded to the leader otherwise).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_metadata::{
     GroupReply, MemberView, MetaCommand, MetaConfig, MetaReply, MetaResponse, MetadataState, MetadataStateMachine,
+    RequestId,
 };
 use flotilla_proto::raft::v1::propose_response;
 use flotilla_raft::openraft::Raft;
+use flotilla_raft::openraft::ReadPolicy;
 use flotilla_raft::openraft::async_runtime::watch::WatchReceiver;
 use flotilla_raft::{NodeInfo, ProposeError, StateMachineStore, Transport, decode, encode};
 use flotilla_types::{ErrorCode, METADATA_GROUP, NodeId};
@@ -29,17 +32,24 @@ pub struct Meta {
     raft: MetaRaft,
     transport: Arc<Transport>,
     catalogue: watch::Receiver<Arc<MetadataState>>,
+    /// Drawn when this process started: with the node id and the counter it makes request
+    /// ids that no earlier or later process of this node reuses.
+    incarnation: u64,
+    /// The last request id's sequence.
+    requests: AtomicU64,
 }
 
 impl Meta {
     /// Wraps the metadata group's handle.
+    /// `incarnation` must differ between starts of the node (a random number does).
     pub fn new(
         node_id: NodeId,
         raft: MetaRaft,
         transport: Arc<Transport>,
         catalogue: watch::Receiver<Arc<MetadataState>>,
+        incarnation: u64,
     ) -> Self {
-        Meta { node_id, raft, transport, catalogue }
+        Meta { node_id, raft, transport, catalogue, incarnation, requests: AtomicU64::new(0) }
     }
 
     /// The metadata Raft handle.
@@ -50,6 +60,16 @@ impl Meta {
     /// The catalogue as this node has applied it (may trail the leader slightly).
     pub fn catalogue(&self) -> Arc<MetadataState> {
         Arc::clone(&self.catalogue.borrow())
+    }
+
+    /// The catalogue after a lease read on the metadata leader: everything committed before
+    /// this call is in it (a change acknowledged through any node is seen). A new leader's
+    /// own catalogue may trail what the old leader committed until it has applied that.
+    pub async fn linearizable_catalogue(&self) -> Result<Arc<MetadataState>, ApiError> {
+        self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await.map_err(|err| {
+            ApiError::new(ErrorCode::Unavailable, format!("the metadata group cannot serve a read: {err}"))
+        })?;
+        Ok(self.catalogue())
     }
 
     /// A receiver that sees every new catalogue version.
@@ -132,7 +152,22 @@ impl Meta {
 
     /// Applies `command` through the metadata leader, retrying leader changes until
     /// `timeout` passes, and returns the group's reply.
+    ///
+    /// A command whose second application would answer differently goes under a request id
+    /// that every attempt shares, so an attempt that failed ambiguously (a reset after the
+    /// leader applied it, a leader change before the answer) can be retried: the state
+    /// machine applies it once and answers every attempt with that outcome.
     async fn propose_reply(&self, command: MetaCommand, timeout: Duration) -> Result<MetaReply, ApiError> {
+        let command = if command.needs_deduplication() {
+            let request = RequestId {
+                node: self.node_id,
+                incarnation: self.incarnation,
+                sequence: self.requests.fetch_add(1, Ordering::Relaxed) + 1,
+            };
+            MetaCommand::Deduplicated { request, command: Box::new(command) }
+        } else {
+            command
+        };
         let deadline = Instant::now() + timeout;
         let mut last_error = ApiError::new(ErrorCode::Unavailable, "the metadata group has no leader");
         while Instant::now() < deadline {
@@ -148,7 +183,8 @@ impl Meta {
             };
             match attempt {
                 Ok(response) => return Ok(response),
-                // The leader moved or is unknown: nothing was applied, try again.
+                // The leader moved or is unknown, or the forward failed (perhaps after the
+                // leader applied it): try again, under the same request id if it matters.
                 Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Unavailable(_)) => {
                     last_error = ApiError::new(ErrorCode::Unavailable, "the metadata group has no reachable leader");
                     tokio::time::sleep(RETRY_PAUSE).await;

@@ -338,7 +338,7 @@ pub async fn run(
         }
     }
 
-    let meta = Arc::new(Meta::new(node_id, meta_raft.clone(), Arc::clone(&transport), catalogue));
+    let meta = Arc::new(Meta::new(node_id, meta_raft.clone(), Arc::clone(&transport), catalogue, seed));
     let (partitions, reports) = Partitions::new(launcher, config.raft.clone(), Arc::clone(&clock));
     let mut tasks = vec![
         tokio::spawn(reconcile_partitions(Arc::clone(&meta), Arc::clone(&partitions))),

@@ -12,7 +12,6 @@ use flotilla_proto::v1::fetch_service_server::FetchService;
 use flotilla_proto::v1::group_service_client::GroupServiceClient;
 use flotilla_proto::v1::group_service_server::GroupService;
 use flotilla_proto::{flatten_topics, group_by_topic};
-use flotilla_raft::openraft::ReadPolicy;
 use flotilla_types::{ErrorCode, validate_group_name, validate_topic_name};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -75,17 +74,8 @@ impl GroupApi {
         .await
     }
 
-    /// The catalogue after a lease read on the metadata leader: everything committed before
-    /// this call is in it (a commit acknowledged through any node is seen).
-    async fn linearizable_catalogue(&self) -> Result<Arc<flotilla_metadata::MetadataState>, ApiError> {
-        self.state.meta.raft().ensure_linearizable(ReadPolicy::LeaseRead).await.map_err(|err| {
-            ApiError::new(ErrorCode::Unavailable, format!("the metadata group cannot serve a read: {err}"))
-        })?;
-        Ok(self.state.meta.catalogue())
-    }
-
     async fn describe_here(&self, name: &str) -> Result<v1::DescribeGroupResponse, ApiError> {
-        let catalogue = self.linearizable_catalogue().await?;
+        let catalogue = self.state.meta.linearizable_catalogue().await?;
         let group = known_group(&catalogue.groups, name)?;
         let members = {
             let sessions = self.state.sessions.lock();
@@ -403,7 +393,7 @@ impl GroupService for GroupApi {
             .at_coordinator(
                 was_forwarded,
                 || async {
-                    let catalogue = self.linearizable_catalogue().await?;
+                    let catalogue = self.state.meta.linearizable_catalogue().await?;
                     let group = known_group(&catalogue.groups, &request.group)?;
                     let offsets = group
                         .offsets
