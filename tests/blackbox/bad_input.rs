@@ -59,6 +59,38 @@ async fn bad_requests_via(cluster: &Cluster, id: u64, high_watermark: u64) -> an
     let result = produce.produce(produce_request(TOPIC, Some(0), huge)).await;
     expect_error(&at("produce a record over the limit"), result, ErrorCode::RecordTooLarge, &[&limit.to_string()])?;
 
+    // Headers are bounded in number, and an empty header is not free (review finding 5: empty
+    // headers used to count 0 bytes, so one record could carry millions of them).
+    let limits = Limits::default();
+    let header = |key: &str| v1::Header { key: key.to_string(), value: Default::default() };
+    let mut crowded = record("k", "v");
+    crowded.headers = (0..=limits.headers_per_record_max).map(|i| header(&format!("h{i}"))).collect();
+    let result = produce.produce(produce_request(TOPIC, Some(0), vec![crowded])).await;
+    let count = (limits.headers_per_record_max + 1).to_string();
+    expect_error(&at("produce a record with too many headers"), result, ErrorCode::RecordTooLarge, &[&count])?;
+    let mut heavy = record("k", vec![b'x'; limits.record_bytes_max - 8]);
+    heavy.headers = vec![header("")];
+    let result = produce.produce(produce_request(TOPIC, Some(0), vec![heavy])).await;
+    expect_error(
+        &at("produce a record whose empty header tips it over"),
+        result,
+        ErrorCode::RecordTooLarge,
+        &[&limits.record_bytes_max.to_string()],
+    )?;
+    // A request larger than a batch plus framing is refused before it is decoded.
+    let oversized: Vec<v1::Record> =
+        (0..10).map(|_| record("k", vec![b'x'; limits.request_bytes_max() / 10 + 1024])).collect();
+    let result = ProduceServiceClient::new(cluster.channel(id)?)
+        .max_encoding_message_size(usize::MAX)
+        .produce(produce_request(TOPIC, Some(0), oversized))
+        .await;
+    let status = result.expect_err("an oversized request is refused");
+    ensure!(
+        status.code() == tonic::Code::OutOfRange || status.code() == tonic::Code::ResourceExhausted,
+        "{}: {status:?}",
+        at("an oversized request")
+    );
+
     let far = high_watermark + 1_000_000;
     let result = fetch.fetch(fetch_request(TOPIC, 0, far)).await;
     expect_error(

@@ -60,6 +60,10 @@ pub fn tcp_connector() -> Connector {
     })
 }
 
+/// Pause after a failed accept. Errors such as "too many open files" repeat until something
+/// changes; accepting again at once would spin a core (the server goes on after an error).
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// Serves connections accepted by a tokio TCP listener.
 pub fn tcp_incoming(listener: tokio::net::TcpListener) -> Incoming {
     Box::pin(futures::stream::unfold(listener, |listener| async move {
@@ -67,8 +71,48 @@ pub fn tcp_incoming(listener: tokio::net::TcpListener) -> Incoming {
             stream.set_nodelay(true)?;
             Ok(Conn(Box::new(stream) as Box<dyn Io>))
         });
+        if let Err(err) = &accepted {
+            tracing::warn!(error = %err, "accepting a connection failed; pausing before the next accept");
+            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+        }
         Some((accepted, listener))
     }))
+}
+
+/// At most `max` connections of `incoming` open at once: the next one is accepted only when
+/// one closes (until then new connections wait in the listen backlog).
+pub fn limit_connections(incoming: Incoming, max: usize) -> Incoming {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    Box::pin(futures::stream::unfold((incoming, slots), |(mut incoming, slots)| async move {
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+        let next = futures::StreamExt::next(&mut incoming).await?;
+        let next = next.map(|Conn(io)| Conn(Box::new(Counted { io, _slot: slot })));
+        Some((next, (incoming, slots)))
+    }))
+}
+
+/// A connection holding one of [`limit_connections`]' slots until it is dropped.
+struct Counted {
+    io: Box<dyn Io>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Transport settings for a gRPC channel.
@@ -116,4 +160,29 @@ pub fn channel(
         let target = target.clone();
         async move { connector(target).await.map(TokioIo::new) }
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_limit_waits_until_one_closes() {
+        let (conns, _peers): (Vec<Conn>, Vec<_>) = (0..3)
+            .map(|_| {
+                let (a, b) = tokio::io::duplex(64);
+                (Conn(Box::new(a)), b)
+            })
+            .unzip();
+        let incoming: Incoming = Box::pin(futures::stream::iter(conns.into_iter().map(Ok)));
+        let mut limited = limit_connections(incoming, 2);
+        use futures::StreamExt;
+        let first = limited.next().await.expect("first").expect("ok");
+        let _second = limited.next().await.expect("second").expect("ok");
+        let third = tokio::time::timeout(Duration::from_millis(50), limited.next()).await;
+        assert!(third.is_err(), "a third connection was accepted while two were open");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), limited.next()).await;
+        assert!(matches!(third, Ok(Some(Ok(_)))), "the third connection is accepted once one closed");
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_metadata::{MetaCommand, MetadataState, MetadataStateMachine};
-use flotilla_proto::net::{ChannelSettings, Connector, Incoming};
+use flotilla_proto::net::{ChannelSettings, Connector, Incoming, limit_connections};
 use flotilla_proto::raft::v1::raft_transport_server::RaftTransportServer;
 use flotilla_proto::v1::admin_service_server::AdminServiceServer;
 use flotilla_proto::v1::cluster_service_server::ClusterServiceServer;
@@ -45,10 +45,16 @@ const STORAGE_FORMAT_KEY: &[u8] = b"storage_format";
 /// version of its own as well). A build reads only its own layout: a directory of another
 /// layout is refused at start, naming both versions (ARCHITECTURE.md, "Stored formats").
 pub const STORAGE_FORMAT_VERSION: u8 = 1;
-/// Largest gRPC message a node accepts: a full produce batch plus framing.
-const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Concurrent requests one client connection may have in flight.
-const CLIENT_STREAMS_MAX: u32 = 8192;
+/// Largest message on the peer port: a lane batch of appends is kept below it, and one entry
+/// holds at most one produce batch (8 MiB by default) plus its envelope.
+const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Concurrent requests one client connection may have in flight. Clients pipeline (the bench
+/// keeps up to 4096 in flight); each request's size is bounded by the message limit.
+const CLIENT_STREAMS_MAX: u32 = 4096;
+/// Client connections open at once; more wait in the listen backlog until one closes.
+const CLIENT_CONNECTIONS_MAX: usize = 1024;
+/// Peer connections open at once: a few per peer (one per lane) in any real cluster.
+const PEER_CONNECTIONS_MAX: usize = 256;
 /// How often deleted ranges (purged logs, removed replicas) are compacted so their disk space
 /// comes back. Retention frees space this long after a trim at most (plus the compaction).
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(10);
@@ -269,8 +275,9 @@ pub async fn run(
     let peer_service = RaftTransportServer::new(
         RaftTransportService::new(node_id, Arc::clone(&registry)).with_introductions(introductions(Arc::clone(&desk))),
     )
-    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let peer_incoming = limit_connections(peer_incoming, PEER_CONNECTIONS_MAX);
     let peer_server = tokio::spawn(
         Server::builder()
             .add_service(peer_service)
@@ -381,6 +388,9 @@ pub async fn run(
         .build_v1()
         .map_err(|err| NodeError::Serve { what: "reflection service", message: err.to_string() })?;
 
+    // Refused before it is decoded: a request larger than a full batch plus its framing.
+    let request_bytes_max = config.limits.request_bytes_max();
+    let response_bytes_max = request_bytes_max.max(config.limits.fetch_bytes_max as usize + (1 << 20));
     tracing::info!(node_id, client = %config.client_address, peer = %config.peer_address, "node serving");
     let served = Server::builder()
         // Clients pipeline many requests on one connection (the bench keeps 256 to 4096 in
@@ -395,20 +405,23 @@ pub async fn run(
             ProduceServiceServer::new(ProduceApi::new(Arc::clone(&state)))
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                .max_decoding_message_size(request_bytes_max)
+                .max_encoding_message_size(response_bytes_max),
         )
         .add_service(
             FetchServiceServer::new(FetchApi::new(Arc::clone(&state)))
                 .send_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                .max_decoding_message_size(request_bytes_max)
+                .max_encoding_message_size(response_bytes_max),
         )
         .add_service(AdminServiceServer::new(AdminApi::new(Arc::clone(&state))))
         .add_service(ClusterServiceServer::new(ClusterApi::new(Arc::clone(&state))))
         .add_service(GroupServiceServer::new(GroupApi::new(Arc::clone(&state))))
-        .serve_with_incoming_shutdown(client_incoming, stopped(stop_rx.clone()))
+        .serve_with_incoming_shutdown(
+            limit_connections(client_incoming, CLIENT_CONNECTIONS_MAX),
+            stopped(stop_rx.clone()),
+        )
         .await;
 
     tracing::info!(node_id, "node stopping");

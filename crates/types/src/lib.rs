@@ -15,7 +15,7 @@ pub use clock::{Clock, SystemClock};
 pub use coverage::COVERAGE_TARGET;
 pub use error_code::ErrorCode;
 pub use ids::{GroupId, METADATA_GROUP, NodeId, Offset, PartitionId, TopicId};
-pub use limits::Limits;
+pub use limits::{HEADER_OVERHEAD_BYTES, Limits};
 pub use names::{NAME_LEN_MAX, NameError, validate_group_name, validate_topic_name};
 pub use partitioner::{murmur2, partition_for_key};
 pub use record::{Header, Record};

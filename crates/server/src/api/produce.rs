@@ -13,7 +13,7 @@ use flotilla_proto::v1::{InitProducerRequest, InitProducerResponse, ProduceReque
 use flotilla_raft::ProposeError;
 use flotilla_raft::openraft::error::RaftError;
 use flotilla_raft::openraft::impls::ProgressResponder;
-use flotilla_types::{ErrorCode, PartitionId, Record, partition_for_key};
+use flotilla_types::{ErrorCode, HEADER_OVERHEAD_BYTES, PartitionId, Record, partition_for_key};
 use tonic::{Request, Response, Status};
 
 use super::produce_answer::{PartitionOutcome, answer};
@@ -72,13 +72,27 @@ fn validate(state: &NodeContext, request: &ProduceRequest) -> Result<(), ApiErro
     }
     let mut total = 0usize;
     for (index, record) in request.records.iter().enumerate() {
+        if record.headers.len() > limits.headers_per_record_max {
+            return Err(ApiError::new(
+                ErrorCode::RecordTooLarge,
+                format!(
+                    "record {index} has {} headers; the limit is {} headers per record",
+                    record.headers.len(),
+                    limits.headers_per_record_max
+                ),
+            ));
+        }
         let size = record.key.as_ref().map_or(0, |k| k.len())
             + record.value.len()
-            + record.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>();
+            + record.headers.iter().map(|h| h.key.len() + h.value.len() + HEADER_OVERHEAD_BYTES).sum::<usize>();
         if size > limits.record_bytes_max {
             return Err(ApiError::new(
                 ErrorCode::RecordTooLarge,
-                format!("record {index} is {size} bytes; the limit is {} bytes per record", limits.record_bytes_max),
+                format!(
+                    "record {index} is {size} bytes (key, value and headers, each header counting {} bytes more); \
+                     the limit is {} bytes per record",
+                    HEADER_OVERHEAD_BYTES, limits.record_bytes_max
+                ),
             ));
         }
         total += size;
