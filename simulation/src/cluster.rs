@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::net::{Conn, Connector, Incoming, Io};
-use flotilla_server::{NodeConfig, NodeError, NodeSeams};
+use flotilla_server::{GroupsConfig, NodeConfig, NodeError, NodeSeams};
 use flotilla_storage::{Engine, MemoryEngine};
 use flotilla_types::{Clock, Limits, NodeId};
 
@@ -99,6 +99,8 @@ impl Cluster {
                 initial_cluster: initial_cluster.clone(),
                 raft: simulation_raft_config(),
                 limits: Limits::default(),
+                // Short, so simulated runs see groups that emptied being deleted.
+                groups: GroupsConfig { offsets_retention_ms: 20_000 },
             };
             let starts = AtomicU64::new(0);
             sim.host(host_name(id), move || {

@@ -57,6 +57,10 @@ pub enum MetaCommand {
     /// (a retry after an ambiguous failure) is answered with the first one's reply while the
     /// state machine remembers it (`RequestLog`). Never nested.
     Deduplicated { request: RequestId, command: Box<MetaCommand> },
+    /// Deletes a group that has no members, with its committed offsets (the coordinator
+    /// proposes it once a group stayed empty for the offsets retention period). A group that
+    /// has members again is kept: `GROUP_ACTIVE`.
+    DeleteGroup { group: String },
 }
 
 impl MetaCommand {
@@ -74,7 +78,8 @@ impl MetaCommand {
             | MetaCommand::JoinGroup { .. }
             | MetaCommand::LeaveGroup { .. }
             | MetaCommand::ReleasePartitions { .. }
-            | MetaCommand::ResetOffsets { .. } => true,
+            | MetaCommand::ResetOffsets { .. }
+            | MetaCommand::DeleteGroup { .. } => true,
             MetaCommand::RegisterNode { .. }
             | MetaCommand::ReportLeaders { .. }
             | MetaCommand::AllocateProducerId
@@ -203,6 +208,7 @@ impl std::fmt::Display for MetaCommand {
                 write!(f, "alter topic {name:?}: set {set:?}, unset {unset:?}")
             }
             MetaCommand::Deduplicated { request, command } => write!(f, "{command} (request {request})"),
+            MetaCommand::DeleteGroup { group } => write!(f, "delete empty group {group:?}"),
         }
     }
 }

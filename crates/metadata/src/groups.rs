@@ -19,6 +19,10 @@ pub type TopicPartition = (String, PartitionId);
 /// Members a group may have at most (bounds the catalogue and the assignor's work).
 pub const GROUP_MEMBERS_MAX: usize = 1_000;
 
+/// Consumer groups the catalogue holds at most (bounds its memory and snapshot). Empty groups
+/// are deleted after the offsets retention period, so only live or recent ones count.
+pub const GROUPS_MAX: usize = 10_000;
+
 /// A consumer group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsumerGroup {
@@ -101,6 +105,11 @@ pub enum GroupError {
     TooManyMembers { group: String },
     #[error("a member of group {group:?} must subscribe to at least one topic")]
     NoTopics { group: String },
+    #[error(
+        "cannot create group {group:?}: the cluster already has {GROUPS_MAX} consumer groups, the most it may have \
+         (empty groups are deleted after the offsets retention period)"
+    )]
+    TooManyGroups { group: String },
 }
 
 impl ConsumerGroup {

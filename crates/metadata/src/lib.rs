@@ -15,7 +15,8 @@ mod stored_formats;
 
 pub use command::{GroupReply, LeaveReason, MetaCommand, MetaError, MetaReply, MetaResponse};
 pub use groups::{
-    CommittedOffset, ConsumerGroup, GROUP_MEMBERS_MAX, GroupError, GroupMember, MemberView, TopicPartition, assign,
+    CommittedOffset, ConsumerGroup, GROUP_MEMBERS_MAX, GROUPS_MAX, GroupError, GroupMember, MemberView, TopicPartition,
+    assign,
 };
 pub use placement::place_replicas;
 pub use requests::{REQUESTS_REMEMBERED, RequestId, RequestLog};

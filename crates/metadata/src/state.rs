@@ -6,7 +6,9 @@ use std::sync::Arc;
 use flotilla_types::{GroupId, Limits, NodeId, PartitionId, TopicConfig, TopicId};
 use serde::{Deserialize, Serialize};
 
-use crate::{ConsumerGroup, GroupError, GroupReply, MetaCommand, MetaError, MetaReply, MetaResponse, place_replicas};
+use crate::{
+    ConsumerGroup, GROUPS_MAX, GroupError, GroupReply, MetaCommand, MetaError, MetaReply, MetaResponse, place_replicas,
+};
 
 /// Partitions a topic may have at most (bounded by the group-id scheme and memory).
 pub const PARTITIONS_MAX: u32 = 10_000;
@@ -139,7 +141,8 @@ impl MetadataState {
             | MetaCommand::LeaveGroup { .. }
             | MetaCommand::ReleasePartitions { .. }
             | MetaCommand::CommitOffsets { .. }
-            | MetaCommand::ResetOffsets { .. } => return MetaReply::Group(self.apply_group(command)),
+            | MetaCommand::ResetOffsets { .. }
+            | MetaCommand::DeleteGroup { .. } => return MetaReply::Group(self.apply_group(command)),
         };
         MetaReply::Catalogue(response)
     }
@@ -151,6 +154,9 @@ impl MetadataState {
                 let topics: BTreeSet<String> = topics.into_iter().collect();
                 if let Some(unknown) = topics.iter().find(|t| !self.topics.contains_key(*t)) {
                     return Err(GroupError::UnknownTopic { group, topic: unknown.clone() });
+                }
+                if !self.groups.contains_key(&group) && self.groups.len() >= GROUPS_MAX {
+                    return Err(GroupError::TooManyGroups { group });
                 }
                 let entry = self.groups.entry(group.clone()).or_insert_with(|| Arc::new(ConsumerGroup::new(group)));
                 let view = Arc::make_mut(entry).join(
@@ -180,6 +186,14 @@ impl MetadataState {
             }
             MetaCommand::ResetOffsets { group, offsets, at_ms } => {
                 self.group_mut(&group)?.reset(offsets, at_ms)?;
+                Ok(GroupReply::Done)
+            }
+            MetaCommand::DeleteGroup { group } => {
+                let found = self.groups.get(&group).ok_or_else(|| GroupError::UnknownGroup { group: group.clone() })?;
+                if !found.members.is_empty() {
+                    return Err(GroupError::GroupActive { group, members: found.members.keys().copied().collect() });
+                }
+                self.groups.remove(&group);
                 Ok(GroupReply::Done)
             }
             other => unreachable!("not a group command: {other}"),
@@ -370,7 +384,7 @@ impl MetadataState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TopicPartition;
+    use crate::{LeaveReason, TopicPartition};
 
     fn three_nodes() -> MetadataState {
         let mut state = MetadataState::default();
@@ -601,5 +615,45 @@ mod tests {
         state.apply(create);
         let expected: BTreeSet<TopicPartition> = [("orders".to_string(), 0), ("orders".to_string(), 1)].into();
         assert_eq!(assigned(&state).into_iter().collect::<BTreeSet<_>>(), expected);
+    }
+
+    #[test]
+    fn groups_are_bounded_and_only_an_empty_one_is_deleted() {
+        // Review finding 8: groups were unbounded and never deleted.
+        let mut state = three_nodes();
+        state.apply(MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            created_at_ms: 0,
+            config: TopicConfig::default(),
+        });
+        let join = |group: &str| MetaCommand::JoinGroup {
+            group: group.into(),
+            client_id: "c".into(),
+            topics: vec!["t".into()],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 60_000,
+        };
+        let MetaReply::Group(Ok(GroupReply::Member(member))) = state.apply(join("g")) else { panic!("joined") };
+        let refused = state.apply(MetaCommand::DeleteGroup { group: "g".into() });
+        assert!(matches!(refused, MetaReply::Group(Err(GroupError::GroupActive { .. }))), "{refused:?}");
+        state.apply(MetaCommand::LeaveGroup {
+            group: "g".into(),
+            member_id: member.member_id,
+            reason: LeaveReason::Left,
+        });
+        assert_eq!(state.apply(MetaCommand::DeleteGroup { group: "g".into() }), MetaReply::Group(Ok(GroupReply::Done)));
+        assert!(!state.groups.contains_key("g"));
+        for i in 0..GROUPS_MAX {
+            let name = format!("g{i}");
+            state.groups.insert(name.clone(), Arc::new(ConsumerGroup::new(name)));
+        }
+        let refused = state.apply(join("one-too-many"));
+        assert!(matches!(&refused, MetaReply::Group(Err(GroupError::TooManyGroups { .. }))), "{refused:?}");
+        let MetaReply::Group(Err(err)) = refused else { unreachable!() };
+        assert!(err.to_string().contains("one-too-many") && err.to_string().contains(&GROUPS_MAX.to_string()), "{err}");
+        // An existing group still takes members.
+        assert!(matches!(state.apply(join("g7")), MetaReply::Group(Ok(_))));
     }
 }

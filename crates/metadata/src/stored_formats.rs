@@ -95,6 +95,7 @@ fn commands() -> Vec<(&'static str, MetaCommand)> {
                 command: Box::new(MetaCommand::DeleteTopic { name: "old".into() }),
             },
         ),
+        ("delete_group", MetaCommand::DeleteGroup { group: "gone".into() }),
     ]
 }
 

@@ -88,7 +88,9 @@ impl From<GroupError> for ApiError {
             GroupError::NotAssigned { .. } => ErrorCode::PartitionNotAssigned,
             GroupError::OffsetRegression { .. } => ErrorCode::OffsetRegression,
             GroupError::GroupActive { .. } => ErrorCode::GroupActive,
-            GroupError::TooManyMembers { .. } | GroupError::NoTopics { .. } => ErrorCode::InvalidRequest,
+            GroupError::TooManyMembers { .. } | GroupError::NoTopics { .. } | GroupError::TooManyGroups { .. } => {
+                ErrorCode::InvalidRequest
+            }
         };
         ApiError::new(code, err.to_string())
     }

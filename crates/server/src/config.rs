@@ -28,6 +28,25 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     /// Client request limits.
     pub limits: Limits,
+    /// Consumer-group settings.
+    pub groups: GroupsConfig,
+}
+
+/// The `[groups]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// How long a consumer group without members keeps its committed offsets before the
+    /// coordinator deletes it (Kafka's `offsets.retention.minutes`, 7 days). Counted from when
+    /// the group became empty, as the metadata leader saw it: a leader change restarts the
+    /// count, which can delay a deletion, never hasten one.
+    pub offsets_retention_ms: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig { offsets_retention_ms: 7 * 24 * 60 * 60 * 1000 }
+    }
 }
 
 impl NodeConfig {
@@ -74,6 +93,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub raft: RaftConfig,
     pub limits: Limits,
+    pub groups: GroupsConfig,
     pub rocksdb: RocksFileConfig,
 }
 

@@ -33,6 +33,9 @@ pub struct Sessions {
     last_heartbeat: BTreeMap<MemberKey, Instant>,
     /// Since when a member has held a partition it was asked to give up.
     revoking_since: BTreeMap<MemberKey, Instant>,
+    /// Since when a group has had no members, with its epoch and newest commit time then: a
+    /// change to either (a reset of its offsets) starts the count again.
+    empty_since: BTreeMap<String, (Instant, u64, i64)>,
 }
 
 impl Sessions {
@@ -88,9 +91,10 @@ pub async fn heartbeat(
     state.meta.propose_member(command, METADATA_TIMEOUT).await
 }
 
-/// Evicts members that went silent or hold revoked partitions too long, while this node leads
-/// the metadata group. Runs for the node's lifetime.
-pub async fn run_coordinator(state: Arc<NodeContext>) {
+/// Evicts members that went silent or hold revoked partitions too long, and deletes groups
+/// that stayed empty for `offsets_retention`, while this node leads the metadata group. Runs
+/// for the node's lifetime.
+pub async fn run_coordinator(state: Arc<NodeContext>, offsets_retention: Duration) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,7 +109,45 @@ pub async fn run_coordinator(state: Arc<NodeContext>) {
                 Err(err) => tracing::debug!(group, member_id, error = %err.message, "eviction not proposed"),
             }
         }
+        for group in long_empty(&state, term, offsets_retention) {
+            tracing::info!(
+                group,
+                retention_ms = offsets_retention.as_millis() as u64,
+                "deleting consumer group empty for the offsets retention period"
+            );
+            let command = MetaCommand::DeleteGroup { group: group.clone() };
+            match state.meta.propose_group(command, METADATA_TIMEOUT).await {
+                Ok(_) => flotilla_types::coverage!("empty_group_deleted"),
+                // It has members again (a join won the race): kept, which is right.
+                Err(err) => tracing::debug!(group, error = %err.message, "empty group not deleted"),
+            }
+        }
     }
+}
+
+/// Groups that have had no members, and no change to their offsets, for `retention` as this
+/// leader saw them. Starts the count for groups seen empty for the first time.
+fn long_empty(state: &NodeContext, term: u64, retention: Duration) -> Vec<String> {
+    let catalogue = state.meta.catalogue();
+    let now = Instant::now();
+    let mut sessions = state.sessions.lock();
+    sessions.align(term);
+    let mut due = Vec::new();
+    let mut empty = BTreeSet::new();
+    for (name, group) in catalogue.groups.iter().filter(|(_, g)| g.members.is_empty()) {
+        empty.insert(name.clone());
+        let newest_commit = group.offsets.values().map(|o| o.committed_at_ms).max().unwrap_or(i64::MIN);
+        let seen = (group.epoch, newest_commit);
+        let entry = sessions.empty_since.entry(name.clone()).or_insert((now, seen.0, seen.1));
+        if (entry.1, entry.2) != seen {
+            *entry = (now, seen.0, seen.1);
+        }
+        if now.duration_since(entry.0) >= retention {
+            due.push(name.clone());
+        }
+    }
+    sessions.empty_since.retain(|name, _| empty.contains(name));
+    due
 }
 
 /// Members to evict now, with why. Starts the clocks of members seen for the first time.

@@ -20,7 +20,7 @@ mod peers;
 mod proposal_order;
 mod routing;
 
-pub use config::{FileConfig, NodeConfig, RocksFileConfig, parse_initial_cluster};
+pub use config::{FileConfig, GroupsConfig, NodeConfig, RocksFileConfig, parse_initial_cluster};
 pub use error::NodeError;
 pub use http::serve_http;
 pub use node::{NodeSeams, run};

@@ -139,6 +139,7 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
         initial_cluster,
         raft: file.raft,
         limits: file.limits,
+        groups: file.groups,
     }
     .validate()?;
 

@@ -371,7 +371,8 @@ pub async fn run(
         sessions: parking_lot::Mutex::new(Default::default()),
     });
     tasks.push(tokio::spawn(crate::membership::run_membership(Arc::clone(&state))));
-    tasks.push(tokio::spawn(crate::coordinator::run_coordinator(Arc::clone(&state))));
+    let offsets_retention = Duration::from_millis(config.groups.offsets_retention_ms);
+    tasks.push(tokio::spawn(crate::coordinator::run_coordinator(Arc::clone(&state), offsets_retention)));
     if let Some(on_metrics) = on_metrics {
         let metrics_state = Arc::clone(&state);
         on_metrics(Arc::new(move || render_metrics(&metrics_state)));
