@@ -12,10 +12,6 @@ use h2::client::SendRequest;
 use http::{HeaderMap, Request};
 use tokio::net::TcpStream;
 
-/// The most response bytes kept per call: answers are checked for their framing, and a fuzzed
-/// fetch may legitimately return megabytes of records.
-const RESPONSE_BYTES_KEPT: usize = 16 * 1024 * 1024;
-
 /// One request: the method path, extra or replaced headers, and the DATA to send.
 #[derive(Debug, Clone)]
 pub struct RawCall {
@@ -184,22 +180,22 @@ async fn read_answer(response: http::Response<h2::RecvStream>) -> anyhow::Result
         // Trailers-only response: the status is in the headers.
         return Ok(answer);
     }
-    let mut received = Vec::new();
+    // Answers are counted frame by frame as they arrive, not kept: a fuzzed fetch or batch may
+    // legitimately be answered with tens of MiB.
+    let mut frames = FrameCounter::default();
     while let Some(chunk) = body.data().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(error) => return Ok(Answer::Reset(format!("reading the body: {error}"))),
         };
         let _ = body.flow_control().release_capacity(chunk.len());
-        if received.len() < RESPONSE_BYTES_KEPT {
-            received.extend_from_slice(&chunk);
-        }
+        frames.feed(&chunk);
     }
     let trailers = match body.trailers().await {
         Ok(trailers) => trailers,
         Err(error) => return Ok(Answer::Reset(format!("reading the trailers: {error}"))),
     };
-    let (messages, well_framed) = count_frames(&received);
+    let (messages, well_framed) = frames.finish();
     match trailers.as_ref().and_then(|trailers| status_in(trailers, messages, well_framed)) {
         Some(answer) => Ok(answer),
         None => Ok(Answer::NoStatus { http_status: head.status.as_u16() }),
@@ -215,22 +211,52 @@ fn status_in(headers: &HeaderMap, messages: usize, well_framed: bool) -> Option<
     Some(Answer::Status { code, message, messages, well_framed, error_code })
 }
 
-/// Counts the gRPC frames (flag byte, 4-byte length, message) in a response body; false if
-/// the body is not a whole number of frames.
-fn count_frames(mut body: &[u8]) -> (usize, bool) {
-    let mut frames = 0;
-    while !body.is_empty() {
-        if body.len() < 5 || body[0] > 1 {
-            return (frames, false);
+/// Counts the gRPC frames (flag byte, 4-byte length, message) of a response body fed in
+/// pieces, and notices one that is not a whole number of frames.
+#[derive(Debug, Default)]
+struct FrameCounter {
+    /// Bytes of the current frame's 5-byte header seen so far.
+    header: Vec<u8>,
+    /// Message bytes of the current frame still to come.
+    remaining: u64,
+    frames: usize,
+    broken: bool,
+}
+
+impl FrameCounter {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.broken {
+            if self.remaining > 0 {
+                let take = bytes.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                self.remaining -= take as u64;
+                bytes = &bytes[take..];
+                if self.remaining == 0 {
+                    self.frames += 1;
+                }
+                continue;
+            }
+            let take = (5 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.header.len() == 5 {
+                if self.header[0] > 1 {
+                    self.broken = true;
+                }
+                let len = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+                self.header.clear();
+                if len == 0 {
+                    self.frames += 1;
+                } else {
+                    self.remaining = u64::from(len);
+                }
+            }
         }
-        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-        if body.len() < 5 + len {
-            return (frames, false);
-        }
-        body = &body[5 + len..];
-        frames += 1;
     }
-    (frames, true)
+
+    /// Frames seen, and whether the body ended at a frame boundary.
+    fn finish(&self) -> (usize, bool) {
+        (self.frames, !self.broken && self.header.is_empty() && self.remaining == 0)
+    }
 }
 
 fn percent_decode(bytes: &[u8]) -> String {
@@ -269,6 +295,15 @@ pub fn frame_claiming(compressed: bool, claimed: u32, message: &[u8]) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `body` in 3-byte pieces, so frame headers straddle pieces.
+    fn count_frames(body: &[u8]) -> (usize, bool) {
+        let mut counter = FrameCounter::default();
+        for piece in body.chunks(3) {
+            counter.feed(piece);
+        }
+        counter.finish()
+    }
 
     #[test]
     fn frames_are_counted_and_torn_ones_noticed() {
