@@ -177,8 +177,9 @@ async fn fuzzed_requests_get_statuses_and_the_cluster_still_serves() -> anyhow::
 
     {
         let stats = stats.lock().expect("stats");
-        eprintln!("{}", report(&stats, &schema, &nodes, &before, &after, seed, seconds));
-        judge_run(&stats, &schema, &nodes, &before, &after, seed)?;
+        let run = Run { stats: &stats, schema: &schema, nodes: &nodes, before: &before, after: &after, seed, seconds };
+        eprintln!("{}", run.report());
+        run.judge()?;
     }
 
     // The cluster still serves: a new topic takes records and gives them back, and every
@@ -373,84 +374,86 @@ async fn dictionary(cluster: &Cluster) -> anyhow::Result<Dictionary> {
     })
 }
 
-/// The rules for the run as a whole: no broken rule on any call, every RPC's handler reached,
-/// no node's memory run away.
-fn judge_run(
-    stats: &Stats,
-    schema: &Schema,
-    nodes: &[u64],
-    before: &[ProcessUsage],
-    after: &[ProcessUsage],
-    seed: u64,
-) -> anyhow::Result<()> {
-    ensure!(
-        stats.failures.is_empty(),
-        "{} fuzzed calls broke the rules (seed {seed}); the first ones:\n{}",
-        stats.failures.len(),
-        stats.failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
-    );
-    for method in schema.methods() {
-        let (calls, handled) = stats.methods.get(&method.path).copied().unwrap_or_default();
-        ensure!(
-            handled > 0,
-            "{} got {calls} fuzzed calls but no answer from its handler: the generator never got past decoding",
-            method.path
-        );
-    }
-    for ((id, before), after) in nodes.iter().zip(before).zip(after) {
-        ensure!(
-            after.rss_kib <= before.rss_kib + RSS_GROWTH_MAX_KIB,
-            "node {id} grew from {} KiB to {} KiB resident during the fuzzing",
-            before.rss_kib,
-            after.rss_kib
-        );
-    }
-    Ok(())
-}
-
-fn report(
-    stats: &Stats,
-    schema: &Schema,
-    nodes: &[u64],
-    before: &[ProcessUsage],
-    after: &[ProcessUsage],
+/// A finished fuzzing run: what was counted, and each node's usage before and after.
+struct Run<'a> {
+    stats: &'a Stats,
+    schema: &'a Schema,
+    nodes: &'a [u64],
+    before: &'a [ProcessUsage],
+    after: &'a [ProcessUsage],
     seed: u64,
     seconds: u64,
-) -> String {
-    use std::fmt::Write as _;
-    let mut out = format!("fuzz: seed {seed}, {seconds} s, {} calls\n  per method (calls / handled):\n", stats.calls);
-    for method in schema.methods() {
-        let (calls, handled) = stats.methods.get(&method.path).copied().unwrap_or_default();
-        let _ = writeln!(out, "    {:<48} {calls:>6} / {handled}", method.path);
+}
+
+impl Run<'_> {
+    /// The rules for the run as a whole: no broken rule on any call, every RPC's handler reached,
+    /// no node's memory run away.
+    fn judge(&self) -> anyhow::Result<()> {
+        let Run { stats, schema, nodes, before, after, seed, .. } = *self;
+        ensure!(
+            stats.failures.is_empty(),
+            "{} fuzzed calls broke the rules (seed {seed}); the first ones:\n{}",
+            stats.failures.len(),
+            stats.failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        );
+        for method in schema.methods() {
+            let (calls, handled) = stats.methods.get(&method.path).copied().unwrap_or_default();
+            ensure!(
+                handled > 0,
+                "{} got {calls} fuzzed calls but no answer from its handler: the generator never got past decoding",
+                method.path
+            );
+        }
+        for ((id, before), after) in nodes.iter().zip(before).zip(after) {
+            ensure!(
+                after.rss_kib <= before.rss_kib + RSS_GROWTH_MAX_KIB,
+                "node {id} grew from {} KiB to {} KiB resident during the fuzzing",
+                before.rss_kib,
+                after.rss_kib
+            );
+        }
+        Ok(())
     }
-    let codes: Vec<String> = stats
-        .codes
-        .iter()
-        .map(|(code, count)| format!("{} {count}", CODE_NAMES.get(*code as usize).copied().unwrap_or("?")))
-        .collect();
-    let _ = writeln!(out, "  statuses: {}", codes.join(", "));
-    let _ = writeln!(out, "  abandoned by the client: {}", stats.abandoned);
-    let _ = writeln!(
-        out,
-        "  garbage TCP connections: {} closed by the server, {} left open",
-        stats.garbage_closed, stats.garbage_open
-    );
-    let _ = writeln!(out, "  mutations: {:?}", stats.mutations);
-    let _ = writeln!(out, "  framings: {:?}", stats.framings);
-    for ((id, before), after) in nodes.iter().zip(before).zip(after) {
+
+    /// The summary printed after every run.
+    fn report(&self) -> String {
+        use std::fmt::Write as _;
+        let Run { stats, schema, nodes, before, after, seed, seconds } = *self;
+        let mut out =
+            format!("fuzz: seed {seed}, {seconds} s, {} calls\n  per method (calls / handled):\n", stats.calls);
+        for method in schema.methods() {
+            let (calls, handled) = stats.methods.get(&method.path).copied().unwrap_or_default();
+            let _ = writeln!(out, "    {:<48} {calls:>6} / {handled}", method.path);
+        }
+        let codes: Vec<String> = stats
+            .codes
+            .iter()
+            .map(|(code, count)| format!("{} {count}", CODE_NAMES.get(*code as usize).copied().unwrap_or("?")))
+            .collect();
+        let _ = writeln!(out, "  statuses: {}", codes.join(", "));
+        let _ = writeln!(out, "  abandoned by the client: {}", stats.abandoned);
         let _ = writeln!(
             out,
-            "  node {id}: RSS {} -> {} MiB, fds {} -> {}, threads {} -> {}",
-            before.rss_kib / 1024,
-            after.rss_kib / 1024,
-            before.fds,
-            after.fds,
-            before.threads,
-            after.threads
+            "  garbage TCP connections: {} closed by the server, {} left open",
+            stats.garbage_closed, stats.garbage_open
         );
+        let _ = writeln!(out, "  mutations: {:?}", stats.mutations);
+        let _ = writeln!(out, "  framings: {:?}", stats.framings);
+        for ((id, before), after) in nodes.iter().zip(before).zip(after) {
+            let _ = writeln!(
+                out,
+                "  node {id}: RSS {} -> {} MiB, fds {} -> {}, threads {} -> {}",
+                before.rss_kib / 1024,
+                after.rss_kib / 1024,
+                before.fds,
+                after.fds,
+                before.threads,
+                after.threads
+            );
+        }
+        let _ = writeln!(out, "  broken rules: {}", stats.failures.len());
+        out
     }
-    let _ = writeln!(out, "  broken rules: {}", stats.failures.len());
-    out
 }
 
 fn ensure_values(topic: &str, partition: u32, read: &[v1::FetchedRecord], values: &[String]) -> anyhow::Result<()> {
