@@ -8,6 +8,7 @@ mod bad_input;
 mod cluster_formation;
 mod failover;
 mod forwarding;
+mod fuzz;
 mod groups;
 mod move_replica;
 mod partial_produce;

@@ -188,6 +188,17 @@ impl Cluster {
         channel_to(self.client_address(id))
     }
 
+    /// The process id of node `id`, if it is running.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        lock(&self.node(id).process).as_ref().map(Child::id)
+    }
+
+    /// What node `id`'s process holds now (from `/proc`), for leak checks.
+    pub fn usage(&self, id: u64) -> anyhow::Result<ProcessUsage> {
+        let pid = self.pid(id).with_context(|| format!("node {id} is not running"))?;
+        ProcessUsage::of(pid).with_context(|| format!("reading /proc for node {id} (pid {pid})"))
+    }
+
     /// Kills node `id` with SIGKILL (no chance to flush or say goodbye) and reaps it.
     pub fn kill9(&self, id: u64) -> anyhow::Result<()> {
         let node = self.node(id);
@@ -517,6 +528,31 @@ impl Drop for Cluster {
         {
             eprintln!("harness: keeping the cluster's data and logs in {}", dir.keep().display());
         }
+    }
+}
+
+/// Resources a process holds, read from `/proc/PID` (Linux only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessUsage {
+    /// Resident memory (`VmRSS`), in KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors (sockets included).
+    pub fds: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+impl ProcessUsage {
+    /// Reads `/proc/PID/status` and `/proc/PID/fd`.
+    pub fn of(pid: u32) -> anyhow::Result<ProcessUsage> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status.lines().find(|line| line.starts_with(name)).with_context(|| format!("no {name}"))?;
+            let value = line[name.len()..].split_whitespace().next().with_context(|| format!("empty {name}"))?;
+            value.parse().with_context(|| format!("{name} {value:?}"))
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+        Ok(ProcessUsage { rss_kib: field("VmRSS:")?, fds, threads: field("Threads:")? })
     }
 }
 

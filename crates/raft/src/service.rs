@@ -14,6 +14,12 @@ use tonic::{Request, Response, Status};
 
 use crate::{GroupRegistry, ProposeError, encode};
 
+/// Most messages the receiver takes in one `Batch`: as many as a sender puts in one
+/// (`TransportConfig::batch_messages_max` defaults to it). Without a bound, one batch within the
+/// 64 MiB message limit can hold tens of millions of empty messages, each handled and answered
+/// with a reply of its own: GiBs held at once for one RPC.
+pub const BATCH_MESSAGES_MAX: usize = 4096;
+
 /// This node's answer to a peer asking "does your catalogue list node N?" (the `Introduce`
 /// RPC). The application decides what its catalogue is; this crate only carries the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +72,12 @@ impl RaftTransport for RaftTransportService {
         let request = request.into_inner();
         self.check_target(request.to_node)?;
         let count = request.messages.len();
+        if count > BATCH_MESSAGES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a batch from node {} holds {count} messages; at most {BATCH_MESSAGES_MAX} are taken in one",
+                request.from_node
+            )));
+        }
         // Messages of one group are handled one after another in arrival order (appends
         // must reach openraft in the order the leader sent them); groups run concurrently.
         let mut by_group: BTreeMap<u64, Vec<(usize, MessageKind, bytes::Bytes)>> = BTreeMap::new();
@@ -134,5 +146,40 @@ impl RaftTransport for RaftTransportService {
         };
         let Introduction { registered, catalogue_known } = answer(asked);
         Ok(Response::new(IntroduceResponse { responder_id: self.node_id, registered, catalogue_known }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_proto::raft::v1::GroupMessage;
+
+    use super::*;
+    use crate::TransportConfig;
+
+    fn batch_of(messages: usize) -> Request<BatchRequest> {
+        let message = GroupMessage { group_id: 7, kind: MessageKind::Append as i32, payload: bytes::Bytes::new() };
+        Request::new(BatchRequest { from_node: 2, to_node: 1, messages: vec![message; messages] })
+    }
+
+    /// Found by the black-box fuzz test: a batch of a few hundred thousand empty messages (6 MiB
+    /// on the wire) was handled message by message and answered with a reply each, tens of
+    /// MiB; within the 64 MiB message limit that is tens of millions of messages and GiBs of
+    /// replies held at once. No sender puts more than `TransportConfig::batch_messages_max`
+    /// in a batch, so the receiver refuses more, naming both numbers.
+    #[tokio::test]
+    async fn a_batch_of_more_messages_than_a_sender_sends_is_refused() {
+        let service = RaftTransportService::new(1, GroupRegistry::new());
+        let most = TransportConfig::default().batch_messages_max;
+        let replies = service.batch(batch_of(most)).await.expect("a full batch is answered").into_inner().replies;
+        assert_eq!(replies.len(), most, "one reply per message");
+        let Err(status) = service.batch(batch_of(most + 1)).await else {
+            panic!("a batch of {} messages, one more than a sender sends, was answered", most + 1);
+        };
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains(&(most + 1).to_string()) && status.message().contains(&most.to_string()),
+            "the refusal names the count and the limit: {}",
+            status.message()
+        );
     }
 }

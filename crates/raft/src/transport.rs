@@ -23,12 +23,15 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::service::BATCH_MESSAGES_MAX;
+
 /// Tunables of the node-to-node transport.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     /// Connection settings (keepalive, connect timeout, message size).
     pub channel: ChannelSettings,
-    /// Most messages in one batch RPC. Bounds the receiver's work per round.
+    /// Most messages in one batch RPC. Bounds the receiver's work per round. At most
+    /// [`BATCH_MESSAGES_MAX`], which receivers refuse to exceed.
     pub batch_messages_max: usize,
     /// Most payload bytes in one batch RPC (one message may exceed it alone).
     pub batch_bytes_max: usize,
@@ -46,7 +49,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             channel: ChannelSettings::default(),
-            batch_messages_max: 4096,
+            batch_messages_max: BATCH_MESSAGES_MAX,
             batch_bytes_max: 16 * 1024 * 1024,
             queue_capacity: 16_384,
             batch_timeout: Duration::from_secs(3),
