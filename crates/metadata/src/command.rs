@@ -128,6 +128,8 @@ pub enum MetaError {
     FormerReplica { topic: String, partition: u32, node: NodeId },
     #[error("topic {topic:?}: {source}")]
     InvalidConfig { topic: String, source: ConfigError },
+    #[error("cannot register node {id} (peer address {peer_address:?}, client address {client_address:?}): {rule}")]
+    InvalidRegistration { id: NodeId, peer_address: String, client_address: String, rule: String },
 }
 
 /// The outcome of a command.

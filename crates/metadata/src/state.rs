@@ -78,8 +78,27 @@ impl MetadataState {
     pub fn apply(&mut self, command: MetaCommand) -> MetaReply {
         let response = match command {
             MetaCommand::RegisterNode { id, peer_address, client_address } => {
-                self.nodes.insert(id, NodeRecord { id, peer_address, client_address });
-                MetaResponse::Done
+                // Checked at apply too: a registration is a proposal like any other, and a
+                // node 0 or one without addresses would be given replicas nobody can reach.
+                let rule = if id == 0 {
+                    Some("node ids start at 1")
+                } else if peer_address.is_empty() || client_address.is_empty() {
+                    Some("a node needs a peer and a client address")
+                } else {
+                    None
+                };
+                match rule {
+                    Some(rule) => MetaResponse::Rejected(MetaError::InvalidRegistration {
+                        id,
+                        peer_address,
+                        client_address,
+                        rule: rule.to_string(),
+                    }),
+                    None => {
+                        self.nodes.insert(id, NodeRecord { id, peer_address, client_address });
+                        MetaResponse::Done
+                    }
+                }
             }
             MetaCommand::CreateTopic { name, partitions, replication_factor, created_at_ms, config } => {
                 match self.create_topic(name, partitions, replication_factor, created_at_ms, config) {
@@ -655,5 +674,21 @@ mod tests {
         assert!(err.to_string().contains("one-too-many") && err.to_string().contains(&GROUPS_MAX.to_string()), "{err}");
         // An existing group still takes members.
         assert!(matches!(state.apply(join("g7")), MetaReply::Group(Ok(_))));
+    }
+
+    #[test]
+    fn a_registration_of_node_0_or_without_addresses_is_refused() {
+        // Found by the fuzz test: four zero bytes proposed through the peer port decoded as
+        // "register node 0 with no addresses", and topics created later got replicas on it.
+        let mut state = three_nodes();
+        for (id, peer, client) in [(0, "p:1", "c:1"), (4, "", "c:4"), (4, "p:4", "")] {
+            let reply =
+                state.apply(MetaCommand::RegisterNode { id, peer_address: peer.into(), client_address: client.into() });
+            assert!(
+                matches!(reply, MetaReply::Catalogue(MetaResponse::Rejected(MetaError::InvalidRegistration { .. }))),
+                "{reply:?}"
+            );
+        }
+        assert_eq!(state.nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 }

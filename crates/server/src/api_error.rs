@@ -72,7 +72,8 @@ impl From<MetaError> for ApiError {
             MetaError::NotAReplica { .. }
             | MetaError::UnknownNode { .. }
             | MetaError::AlreadyAReplica { .. }
-            | MetaError::FormerReplica { .. } => ErrorCode::InvalidRequest,
+            | MetaError::FormerReplica { .. }
+            | MetaError::InvalidRegistration { .. } => ErrorCode::InvalidRequest,
         };
         ApiError::new(code, err.to_string())
     }
