@@ -127,6 +127,13 @@ impl Cluster {
                             tracing::warn!(node = id, error = %err, "node refused to start");
                             std::future::pending::<()>().await;
                         }
+                        // A node whose disk failed stops itself (fail-stop); the host stays
+                        // down until the nemesis restarts it on a repaired disk.
+                        Err(err @ NodeError::StorageFailed(_)) => {
+                            tracing::warn!(node = id, error = %err, "node stopped on a storage fault");
+                            crate::coverage::hit("node_stopped_on_storage_fault");
+                            std::future::pending::<()>().await;
+                        }
                         outcome => outcome?,
                     }
                     Ok(())

@@ -46,11 +46,16 @@ pub enum Scenario {
     /// partitions' leaders crash (a leader change mid-install). The node must end with exactly
     /// the records retention kept: no hole, nothing retention removed served back.
     SnapshotTrap,
+    /// Review finding 7: every fsync of a partition leader's disk starts failing. The node
+    /// must stop itself (fail-stop) instead of staying up as a zombie that answers heartbeats
+    /// and votes; the others carry on with every acknowledged record; repaired and restarted,
+    /// it rejoins on what it had synced.
+    FsyncFails,
 }
 
 impl Scenario {
     /// Every scenario, for `--list` and the tests.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::PowerLossAfterAcks,
         Scenario::PauseThenCrash,
         Scenario::CrashAfterCreate,
@@ -60,6 +65,7 @@ impl Scenario {
         Scenario::IdempotentRetryAfterLeaderChange,
         Scenario::MembershipPartitionKill,
         Scenario::SnapshotTrap,
+        Scenario::FsyncFails,
     ];
 
     /// Nodes the scenario needs.
@@ -178,6 +184,18 @@ pub async fn script(scenario: Scenario, faults: &mut Faults) {
                 let leader = faults.find(Role::PartitionLeader).await;
                 faults.crash_and_restart(&[leader], secs(1.5)).await;
             }
+            tokio::time::sleep(secs(5.0)).await;
+        }
+        Scenario::FsyncFails => {
+            tokio::time::sleep(secs(3.0)).await;
+            let node = faults.find(Role::PartitionLeader).await;
+            faults.fail_disk(node);
+            // Long enough for the node to notice and stop, and for the others to take over.
+            tokio::time::sleep(secs(5.0)).await;
+            faults.crash(&[node]);
+            faults.repair_disk(node);
+            tokio::time::sleep(secs(1.0)).await;
+            faults.restart(&[node]);
             tokio::time::sleep(secs(5.0)).await;
         }
         Scenario::WipedDisk => {

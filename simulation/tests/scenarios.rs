@@ -76,3 +76,13 @@ fn a_node_behind_the_trim_point_ends_with_exactly_the_retained_records_design_3(
     );
     assert!(coverage(&run, "retention_by_bytes") > 0, "retention never trimmed:\n{}", run.explain());
 }
+
+#[test]
+fn a_node_whose_fsyncs_fail_stops_itself_and_loses_nothing() {
+    let run = scenario_passes("fsync-fails");
+    assert!(
+        coverage(&run, "node_stopped_on_storage_fault") > 0,
+        "the node with a failing disk did not stop itself:\n{}",
+        run.explain()
+    );
+}

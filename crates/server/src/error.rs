@@ -40,9 +40,12 @@ pub enum NodeError {
         }
     )]
     StorageFormat { data_dir: PathBuf, found: Option<u8> },
-    /// Storage failed.
+    /// Storage failed while starting.
     #[error(transparent)]
     Storage(#[from] flotilla_storage::StorageError),
+    /// Storage failed while the node ran: it stopped (fail-stop).
+    #[error("storage failed, node stopped: {0}")]
+    StorageFailed(flotilla_storage::StorageError),
     /// Raft setup failed.
     #[error(transparent)]
     Raft(#[from] flotilla_raft::RaftGlueError),
@@ -59,6 +62,15 @@ impl NodeError {
             NodeError::WipedDisk { .. } => Some(ErrorCode::WipedDisk),
             NodeError::StorageFormat { .. } => Some(ErrorCode::UnsupportedStorageFormat),
             _ => None,
+        }
+    }
+
+    /// The process exit status for this error: [`crate::EXIT_STORAGE_FAILED`] for a storage
+    /// fault (at start or while running), 1 for anything else.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            NodeError::Storage(_) | NodeError::StorageFailed(_) => crate::fail_stop::EXIT_STORAGE_FAILED,
+            _ => 1,
         }
     }
 }

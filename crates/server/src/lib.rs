@@ -10,6 +10,7 @@ mod context;
 mod coordinator;
 mod entry_clock;
 mod error;
+mod fail_stop;
 mod http;
 mod membership;
 mod meta;
@@ -22,5 +23,6 @@ mod routing;
 
 pub use config::{FileConfig, GroupsConfig, NodeConfig, RocksFileConfig, parse_initial_cluster};
 pub use error::NodeError;
+pub use fail_stop::EXIT_STORAGE_FAILED;
 pub use http::serve_http;
 pub use node::{NodeSeams, run};

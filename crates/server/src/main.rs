@@ -105,7 +105,12 @@ async fn main() -> std::process::ExitCode {
         Err(err) => {
             // One line naming what was wrong, not a backtrace: this is what an operator reads.
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            // A storage fault has its own status, so a supervisor can tell a failed disk from a
+            // crash or a refusal to start.
+            match err.downcast_ref::<flotilla_server::NodeError>() {
+                Some(node_error) => std::process::ExitCode::from(node_error.exit_status()),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

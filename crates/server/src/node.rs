@@ -247,6 +247,9 @@ pub async fn run(
     let config = config.validate()?;
     let node_id = config.node_id;
     let NodeSeams { engine, connector, client_incoming, peer_incoming, clock, seed, on_metrics } = seams;
+    // Every storage call goes through the fail-stop wrapper: the first one that fails stops
+    // the node (`fail_stop.rs`).
+    let (engine, storage_failure) = crate::fail_stop::watch_engine(engine);
     let claimed = stored_identity(engine.as_ref(), node_id)?.is_some();
     if claimed {
         check_storage_format(engine.as_ref(), &config.data_dir)?;
@@ -268,6 +271,22 @@ pub async fn run(
     }
     // Every early return below stops the peer server too.
     let _stop_on_return = StopOnDrop(Arc::clone(&stop_tx));
+    {
+        let stop_tx = Arc::clone(&stop_tx);
+        let mut failure = storage_failure.clone();
+        tokio::spawn(async move {
+            let Ok(failed) = failure.wait_for(Option::is_some).await else { return };
+            let error = failed.as_ref().map(ToString::to_string).unwrap_or_default();
+            tracing::error!(
+                node_id,
+                %error,
+                exit_status = crate::fail_stop::EXIT_STORAGE_FAILED,
+                "storage failed: stopping the node; a node that cannot trust its disk must not keep serving or \
+                 voting (the other replicas hold what a quorum acknowledged). Fix the disk, then restart it"
+            );
+            let _ = stop_tx.send(true);
+        });
+    }
 
     // The peer server starts first, while the registry is empty: no group can be reached or
     // vote yet, but peers can ask this node whether it knows them (and it can ask them).
@@ -431,6 +450,11 @@ pub async fn run(
     }
     reclaiming.abort();
     let _ = peer_server.await;
+    if let Some(err) = storage_failure.borrow().clone() {
+        // No graceful stop: nothing more can be made durable, and a shutdown that waits on
+        // the disk could hang. The process ends here; the groups go with it.
+        return Err(NodeError::StorageFailed(err));
+    }
     partitions.shutdown().await;
     let _ = meta_raft.shutdown().await;
     // Whatever was written but not yet synced (state-machine progress) is made durable so

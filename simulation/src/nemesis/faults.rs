@@ -435,6 +435,23 @@ impl Faults {
         self.note(format!("wipe the disk of n{node}; it is retired"));
     }
 
+    /// Makes every fsync of `node`'s disk fail (EIO) until [`Faults::repair_disk`]: the node
+    /// must stop itself rather than stay up on a disk it cannot trust.
+    pub fn fail_disk(&mut self, node: NodeId) {
+        if let Some((_, engine)) = self.engines.iter().find(|(id, _)| *id == node) {
+            engine.set_faults(MemoryFaults { sync_fails: true, ..engine.faults() });
+        }
+        self.note(format!("every fsync of n{node} fails from now on"));
+    }
+
+    /// Repairs `node`'s disk: fsyncs succeed again (the node, stopped, needs a restart).
+    pub fn repair_disk(&mut self, node: NodeId) {
+        if let Some((_, engine)) = self.engines.iter().find(|(id, _)| *id == node) {
+            engine.set_faults(MemoryFaults { sync_fails: false, ..engine.faults() });
+        }
+        self.note(format!("the disk of n{node} is repaired"));
+    }
+
     fn set_sync_latency(&self, nodes: &[NodeId], latency: Duration) {
         for (id, engine) in &self.engines {
             if nodes.contains(id) {
@@ -456,6 +473,9 @@ impl Faults {
         }
         let nodes = self.nodes.clone();
         self.set_sync_latency(&nodes, Duration::ZERO);
+        for node in nodes {
+            self.repair_disk(node);
+        }
         let crashed: Vec<NodeId> = self.crashed.iter().copied().collect();
         if !crashed.is_empty() {
             self.restart(&crashed);
