@@ -5,6 +5,7 @@
 //! Architecture Invariant: nothing here knows what a topic, a record or a consumer group is;
 //! applications plug in through [`GroupStateMachine`].
 
+mod blocking;
 mod codec;
 mod config;
 mod endpoint;

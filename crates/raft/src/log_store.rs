@@ -260,7 +260,7 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), std::io::Error> {
         let mut batch = WriteBatch::new();
         self.layout.put_vote::<C>(&mut batch, vote);
-        self.engine.write(batch)?;
+        crate::blocking::write(&self.engine, batch)?;
         // A vote must survive a crash before it is acted upon, or a node could vote twice
         // in one term.
         self.syncer.sync().await?;
@@ -271,7 +271,7 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
         // Not synced: losing it only means re-learning the commit index from the leader.
         let mut batch = WriteBatch::new();
         self.layout.put_committed::<C>(&mut batch, &committed);
-        self.engine.write(batch)?;
+        crate::blocking::write(&self.engine, batch)?;
         Ok(())
     }
 
@@ -288,7 +288,7 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
         for entry in entries {
             self.layout.put_entry::<C>(&mut batch, &entry);
         }
-        self.engine.write(batch)?;
+        crate::blocking::write(&self.engine, batch)?;
         // The entries are readable now; the callback fires once the syncer's next fsync
         // covers them, which is when openraft may count this node towards a quorum.
         self.syncer
@@ -301,7 +301,7 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         let mut batch = WriteBatch::new();
         self.layout.delete_entries(&mut batch, from, u64::MAX);
-        self.engine.write(batch)?;
+        crate::blocking::write(&self.engine, batch)?;
         Ok(())
     }
 
@@ -317,7 +317,7 @@ impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
         // Always from 0: a range delete of what is already gone costs nothing, and it sweeps
         // up whatever an earlier purge had to leave for a floor that has risen since.
         self.layout.delete_entries(&mut batch, 0, end);
-        self.engine.write(batch)?;
+        crate::blocking::write(&self.engine, batch)?;
         let range = self.layout.entry_range(0, end);
         self.reclaimer.deleted(Space::RaftLog, range.start, range.end);
         Ok(())

@@ -24,6 +24,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::blocking::off_the_workers;
 use crate::codec::{decode_with_version, encode_with_version};
 use crate::snapshot::keys::{ADOPTING, APPLIED, SNAPSHOT_CHUNK, SNAPSHOT_META, app_range, chunk_key, chunk_range, key};
 use crate::snapshot::staging::Staging;
@@ -214,8 +215,9 @@ impl<C: GroupConfig, A: GroupStateMachine<C>> StateMachineStore<C, A> {
             }
             if !batch.is_empty() {
                 // Not synced: every applied entry is committed in the log, so anything lost in
-                // a crash is re-applied from there.
-                self.engine.write(batch)?;
+                // a crash is re-applied from there. Under the lock, so readers never see state
+                // the engine does not hold yet.
+                crate::blocking::write(&self.engine, batch)?;
             }
             app.applied();
         }
@@ -325,19 +327,6 @@ fn adopt<C: GroupConfig, A: GroupStateMachine<C>>(
     app.restored()?;
     app.applied();
     Ok(())
-}
-
-/// Runs `work` on the blocking pool when the engine's calls block (RocksDB), inline when they
-/// never do (the in-memory engine of the simulation, which must stay on its scheduler).
-async fn off_the_workers<T: Send + 'static>(
-    blocking: bool,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
-    if blocking {
-        tokio::task::spawn_blocking(work).await.map_err(|err| io::Error::other(format!("storage task failed: {err}")))
-    } else {
-        Ok(work())
-    }
 }
 
 impl<C: GroupConfig, A: GroupStateMachine<C>> RaftStateMachine<C> for StateMachineStore<C, A> {
