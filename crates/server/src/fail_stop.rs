@@ -25,38 +25,34 @@ pub type StorageFailure = watch::Receiver<Option<StorageError>>;
 pub fn watch_engine(engine: Arc<dyn Engine>) -> (Arc<dyn Engine>, StorageFailure) {
     let (failed, failure) = watch::channel(None);
     let failed = Arc::new(failed);
-    (Arc::new(FailStopEngine { inner: engine, failed }), failure)
+    (Arc::new(Watched { inner: engine, failed }), failure)
 }
 
-/// An engine that reports its first failure.
-struct FailStopEngine {
-    inner: Arc<dyn Engine>,
+/// An engine (or one of its views) that reports its first failure.
+struct Watched<T: ?Sized> {
+    inner: Arc<T>,
     failed: Arc<watch::Sender<Option<StorageError>>>,
 }
 
-/// A view that reports a failed read the same way.
-struct FailStopView {
-    inner: Arc<dyn EngineView>,
-    failed: Arc<watch::Sender<Option<StorageError>>>,
-}
-
-/// Publishes `result`'s error if it is the first.
-fn noted<T>(failed: &watch::Sender<Option<StorageError>>, result: Result<T, StorageError>) -> Result<T, StorageError> {
-    if let Err(err) = &result {
-        failed.send_if_modified(|first| {
-            if first.is_some() {
-                return false;
-            }
-            *first = Some(err.clone());
-            true
-        });
+impl<T: ?Sized> Watched<T> {
+    /// Publishes `result`'s error if it is the first.
+    fn noted<R>(&self, result: Result<R, StorageError>) -> Result<R, StorageError> {
+        if let Err(err) = &result {
+            self.failed.send_if_modified(|first| {
+                if first.is_some() {
+                    return false;
+                }
+                *first = Some(err.clone());
+                true
+            });
+        }
+        result
     }
-    result
 }
 
-impl EngineView for FailStopEngine {
+impl<T: EngineView + ?Sized> EngineView for Watched<T> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        noted(&self.failed, self.inner.get(space, key))
+        self.noted(self.inner.get(space, key))
     }
 
     fn scan(
@@ -66,41 +62,25 @@ impl EngineView for FailStopEngine {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        noted(&self.failed, self.inner.scan(space, range, direction, limit))
+        self.noted(self.inner.scan(space, range, direction, limit))
     }
 }
 
-impl EngineView for FailStopView {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        noted(&self.failed, self.inner.get(space, key))
-    }
-
-    fn scan(
-        &self,
-        space: Space,
-        range: Range<&[u8]>,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
-        noted(&self.failed, self.inner.scan(space, range, direction, limit))
-    }
-}
-
-impl Engine for FailStopEngine {
+impl Engine for Watched<dyn Engine> {
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        noted(&self.failed, self.inner.write(batch))
+        self.noted(self.inner.write(batch))
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        noted(&self.failed, self.inner.sync())
+        self.noted(self.inner.sync())
     }
 
     fn view(&self) -> Arc<dyn EngineView> {
-        Arc::new(FailStopView { inner: self.inner.view(), failed: Arc::clone(&self.failed) })
+        Arc::new(Watched { inner: self.inner.view(), failed: Arc::clone(&self.failed) })
     }
 
     fn compact_range(&self, space: Space, range: Range<&[u8]>) -> Result<(), StorageError> {
-        noted(&self.failed, self.inner.compact_range(space, range))
+        self.noted(self.inner.compact_range(space, range))
     }
 
     fn sync_blocks(&self) -> bool {
