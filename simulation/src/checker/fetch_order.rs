@@ -52,6 +52,7 @@ mod tests {
             consumer: 0,
             partition: p(0),
             from,
+            sent_ms: 0,
             high_watermark,
             records: offsets.iter().map(|o| (*o, format!("v{o}"))).collect(),
         }

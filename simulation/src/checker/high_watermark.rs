@@ -34,7 +34,7 @@ mod tests {
     fn a_watermark_moving_back_is_caught() {
         let mut h = history(vec![], vec![]);
         for (consumer, high_watermark) in [(0, 5), (1, 2), (0, 7), (0, 6)] {
-            h.fetches.push(Fetch { consumer, partition: p(0), from: 0, high_watermark, records: vec![] });
+            h.fetches.push(Fetch { consumer, partition: p(0), from: 0, sent_ms: 0, high_watermark, records: vec![] });
         }
         let found = findings(check, &h);
         assert_eq!(found.len(), 1, "{found:?}");

@@ -44,6 +44,9 @@ pub struct Ack {
     /// `retention.ms`.
     #[serde(default)]
     pub first_sent_ms: u64,
+    /// Run time, in milliseconds, when the acknowledgement was received.
+    #[serde(default)]
+    pub acked_ms: u64,
 }
 
 /// One successful fetch by a tailing consumer.
@@ -53,6 +56,9 @@ pub struct Fetch {
     pub partition: PartitionKey,
     /// The offset asked for.
     pub from: u64,
+    /// Run time, in milliseconds, when the fetch was sent.
+    #[serde(default)]
+    pub sent_ms: u64,
     /// The high watermark the answer carried.
     pub high_watermark: u64,
     /// What came back, in order.

@@ -13,6 +13,7 @@ mod lost_write;
 mod offset_conflict;
 mod phantom;
 mod producer_order;
+mod read_after_ack;
 mod replica_divergence;
 mod topic_existence;
 
@@ -44,6 +45,7 @@ const INVARIANTS: &[Invariant] = &[
     Invariant { name: producer_order::NAME, check: producer_order::check },
     Invariant { name: fetch_order::NAME, check: fetch_order::check },
     Invariant { name: high_watermark::NAME, check: high_watermark::check },
+    Invariant { name: read_after_ack::NAME, check: read_after_ack::check },
     Invariant { name: replica_divergence::NAME, check: replica_divergence::check },
     Invariant { name: topic_existence::NAME, check: topic_existence::check },
     Invariant { name: group_offsets::NAME, check: group_offsets::check },
@@ -219,7 +221,15 @@ pub(crate) mod test_support {
 
     /// An acknowledgement by producer 0.
     pub fn ack(partition: u32, offset: u64, value: &str) -> Ack {
-        Ack { partition: p(partition), offset, value: value.to_string(), producer: 0, bytes: 10, first_sent_ms: 0 }
+        Ack {
+            partition: p(partition),
+            offset,
+            value: value.to_string(),
+            producer: 0,
+            bytes: 10,
+            first_sent_ms: 0,
+            acked_ms: 0,
+        }
     }
 
     /// A history of two partitions of topic "t" with these acks and final reads (dense from

@@ -54,6 +54,7 @@ mod tests {
             consumer: 0,
             partition: p(0),
             from: 0,
+            sent_ms: 0,
             high_watermark: 1,
             records: vec![(0, "z".to_string())],
         });

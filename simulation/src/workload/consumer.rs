@@ -36,6 +36,7 @@ impl Consumer {
     pub async fn run(mut self, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::SeqCst) {
             for (partition, next) in &mut self.positions {
+                let sent_ms = self.shared.now().as_millis() as u64;
                 match self.client.fetch(&partition.topic, partition.partition, *next, FETCH_RECORDS, 0, 0).await {
                     Ok(response) => {
                         let records: Vec<(u64, String)> = response
@@ -54,6 +55,7 @@ impl Consumer {
                             consumer: self.id,
                             partition: partition.clone(),
                             from,
+                            sent_ms,
                             high_watermark: response.high_watermark,
                             records,
                         });

@@ -215,6 +215,7 @@ impl Producer {
             }
         };
         let mut unacknowledged = Vec::new();
+        let acked_ms = self.shared.now().as_millis() as u64;
         {
             let mut history = self.shared.history.lock();
             for ((key, value), ack) in batch.into_iter().zip(acks) {
@@ -230,6 +231,7 @@ impl Producer {
                             producer: self.id,
                             bytes,
                             first_sent_ms,
+                            acked_ms,
                         });
                     }
                     None => {
