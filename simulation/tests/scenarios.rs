@@ -86,3 +86,8 @@ fn a_node_whose_fsyncs_fail_stops_itself_and_loses_nothing() {
         run.explain()
     );
 }
+
+#[test]
+fn no_stale_lease_read_after_a_fast_restart_of_a_follower() {
+    scenario_passes("stale-lease-read");
+}

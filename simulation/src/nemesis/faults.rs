@@ -329,11 +329,13 @@ impl Faults {
         }
     }
 
-    fn others(&self, node: NodeId) -> Vec<NodeId> {
+    /// The nodes other than `node`.
+    pub fn others(&self, node: NodeId) -> Vec<NodeId> {
         self.nodes.iter().copied().filter(|n| *n != node).collect()
     }
 
-    fn cut_pair(&mut self, a: NodeId, b: NodeId) {
+    /// Cuts the link between `a` and `b` both ways (each still reaches everyone else).
+    pub fn cut_pair(&mut self, a: NodeId, b: NodeId) {
         turmoil::partition(cluster::host_name(a), cluster::host_name(b));
         self.cut.insert((cluster::host_name(a), cluster::host_name(b)));
         self.cut.insert((cluster::host_name(b), cluster::host_name(a)));
