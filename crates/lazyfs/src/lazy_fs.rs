@@ -3,6 +3,7 @@
 //! next fsync or fdatasync writes it down, or a power cut drops it.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -132,11 +133,13 @@ impl LazyFs {
 
     /// The overlay of `ino`, created over the durable file `file` if it has none yet.
     fn overlay<'s>(state: &'s mut State, ino: u64, file: &File) -> Result<&'s mut Overlay, Errno> {
-        if !state.overlays.contains_key(&ino) {
-            let durable = file.metadata().map_err(Errno::from)?.len();
-            state.overlays.insert(ino, Overlay::new(durable));
+        match state.overlays.entry(ino) {
+            Entry::Occupied(entry) => Ok(entry.into_mut()),
+            Entry::Vacant(entry) => {
+                let durable = file.metadata().map_err(Errno::from)?.len();
+                Ok(entry.insert(Overlay::new(durable)))
+            }
         }
-        Ok(state.overlays.get_mut(&ino).expect("inserted above"))
     }
 
     /// The backing file of an open handle of this era.

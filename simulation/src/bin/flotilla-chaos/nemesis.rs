@@ -478,7 +478,13 @@ impl Nemesis {
                 for &id in &victims {
                     let cut = disks.cut(&self.supervisor, id)?;
                     self.report.unsynced_bytes_dropped += cut.bytes;
-                    dropped.push(format!("n{id} {} B in {} files", cut.bytes, cut.files));
+                    // Files the kernel had not yet released for the dead process: their
+                    // late writes are refused by the filesystem.
+                    let open = match cut.open_handles {
+                        0 => String::new(),
+                        n => format!(" ({n} handles not yet released)"),
+                    };
+                    dropped.push(format!("n{id} {} B in {} files{open}", cut.bytes, cut.files));
                 }
                 self.note(format!("dropped unsynced writes: {}", dropped.join(", ")));
                 self.wait(delay).await;
