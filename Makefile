@@ -101,7 +101,7 @@ chaos: build ## real-process chaos test: make chaos CHAOS_MINUTES=10 [CHAOS_ARGS
 # every node's data directory on a lazy filesystem that drops unsynced writes at a power cut;
 # POWERLOSS_CUTS whole-cluster cuts (and minority cuts between them) under load must lose no
 # acknowledged record. Then the same with fsync disabled on every node, which must lose some:
-# the proof that the harness bites. Fails unless both verdicts are PASS. About 10 minutes.
+# the proof that the harness bites. Fails unless both verdicts are PASS. 9–13 minutes.
 powerloss: build ## power-loss test: make powerloss POWERLOSS_CUTS=20 [POWERLOSS_ARGS='--seed S']
 	@DEPS_EXTRA=iproute2 SUDO="$(SUDO)" CARGO="$(CARGO)" scripts/deps.sh
 	$(SUDO) $(RELEASE_DIR)/flotilla-chaos --power-loss --cuts $(POWERLOSS_CUTS) --run-dir .flotilla/powerloss $(POWERLOSS_ARGS)
