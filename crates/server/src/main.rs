@@ -44,6 +44,21 @@ struct Flags {
     log_level: Option<String>,
 }
 
+/// The test-only switch that turns the engine's fsync off (`flotilla-chaos --power-loss
+/// --unsafe-no-sync` sets it to prove the harness catches lost writes). Deliberately not a
+/// flag or a configuration key, and not in `--help`: nobody should find it by accident.
+const UNSAFE_NO_SYNC: &str = "FLOTILLA_TEST_UNSAFE_NO_SYNC";
+
+/// Whether [`UNSAFE_NO_SYNC`] asks for the engine without fsync: only the exact value `1`;
+/// any other value is refused rather than guessed at.
+fn unsafe_no_sync_requested() -> anyhow::Result<bool> {
+    match std::env::var_os(UNSAFE_NO_SYNC) {
+        None => Ok(false),
+        Some(value) if value == "1" => Ok(true),
+        Some(value) => bail!("{UNSAFE_NO_SYNC}={value:?}: the only accepted value is 1 (and it disables fsync)"),
+    }
+}
+
 fn rocks_config(file: RocksFileConfig) -> RocksConfig {
     let defaults = RocksConfig::default();
     RocksConfig {
@@ -149,8 +164,17 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     .validate()?;
 
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating --data-dir {}", data_dir.display()))?;
-    let engine = RocksEngine::open(&data_dir.join("db"), rocks_config(file.rocksdb))
+    let mut engine = RocksEngine::open(&data_dir.join("db"), rocks_config(file.rocksdb))
         .with_context(|| format!("opening RocksDB in {}", data_dir.display()))?;
+    if unsafe_no_sync_requested()? {
+        for _ in 0..3 {
+            tracing::warn!(
+                "{UNSAFE_NO_SYNC}=1: fsync is DISABLED; this node can lose acknowledged records at a power cut. \
+                 This switch exists only for the power-loss harness; never set it anywhere else"
+            );
+        }
+        engine = engine.unsafe_skip_sync_for_tests();
+    }
     let client_listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding --listen {listen}"))?;
     let peer_listener = tokio::net::TcpListener::bind(&peer_listen)

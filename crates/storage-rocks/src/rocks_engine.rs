@@ -26,6 +26,8 @@ pub struct RocksEngine {
     /// `bytes_written` reads.
     db_options: Options,
     write_options: WriteOptions,
+    /// Test-only: `sync` does nothing. See [`RocksEngine::unsafe_skip_sync_for_tests`].
+    skip_sync: bool,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -53,7 +55,19 @@ impl RocksEngine {
         // and what gives the prefix property after a power cut; never skip it.
         write_options.disable_wal(false);
 
-        Ok(RocksEngine { db: Arc::new(db), db_options, write_options })
+        Ok(RocksEngine { db: Arc::new(db), db_options, write_options, skip_sync: false })
+    }
+
+    /// **Breaks durability; for the power-loss harness only.** Makes [`Engine::sync`] return
+    /// at once without fsyncing the WAL, so acknowledged writes live only in the OS (or the
+    /// harness's lazy filesystem) until RocksDB happens to sync a file on its own (at a
+    /// memtable flush it syncs the new SST, the MANIFEST and the closed WALs). The harness
+    /// turns this on to prove it can catch lost writes; the server enables it only when
+    /// `FLOTILLA_TEST_UNSAFE_NO_SYNC=1` is set and says so at WARN.
+    pub fn unsafe_skip_sync_for_tests(mut self) -> RocksEngine {
+        tracing::warn!(path = %self.db.path().display(), "RocksDB engine: sync DISABLED (test only): acknowledged writes can be lost at a power cut");
+        self.skip_sync = true;
+        self
     }
 
     /// The column family of `space`.
@@ -191,6 +205,9 @@ impl Engine for RocksEngine {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
+        if self.skip_sync {
+            return Ok(());
+        }
         // FlushWAL(sync = true) fsyncs every live WAL file up to the current one, so it
         // covers each write that returned before this call, whichever thread made it.
         self.db.flush_wal(true).map_err(engine_error("sync"))

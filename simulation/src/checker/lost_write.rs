@@ -1,6 +1,8 @@
 //! No lost acknowledged write (DESIGN.md §2, promise 1): every acknowledged record is read
 //! back by the final drain at the offset it was acknowledged at — unless retention removed
-//! it, and only what retention may remove. Prevents the Jepsen classics: a leader
+//! it, and only what retention may remove. Another record at that offset does not stand in
+//! for it: a cluster that lost its log tail and appended new records over it has lost the
+//! acknowledged ones (the same offset is also an `offset conflict`). Prevents the Jepsen classics: a leader
 //! acknowledging before a quorum fsynced, a whole-cluster power loss wiping un-synced
 //! acknowledged entries (NATS #7564), a truncated log tail after recovery; and, with
 //! retention, a trim that removes more than its policy allows or a snapshot install that
@@ -30,15 +32,20 @@ pub fn check(history: &History, findings: &mut Findings) {
         let start = history.drain_starts.get(&ack.partition).map_or(0, |s| s.offset);
         let records = history.reads.get(&ack.partition).map(Vec::as_slice).unwrap_or_default();
         if ack.offset >= start {
-            if !records.iter().any(|(offset, _)| *offset == ack.offset) {
-                findings.violation(format!(
+            match records.iter().find(|(offset, _)| *offset == ack.offset) {
+                Some((_, value)) if *value == ack.value => {}
+                Some((_, value)) => findings.violation(format!(
+                    "{:?} was acknowledged at {} offset {} but the final drain read {value:?} there",
+                    ack.value, ack.partition, ack.offset
+                )),
+                None => findings.violation(format!(
                     "{:?} was acknowledged at {} offset {} but the final drain of that partition read {} records from \
                      offset {start}",
                     ack.value,
                     ack.partition,
                     ack.offset,
                     records.len()
-                ));
+                )),
             }
         } else if let Err(why) = removable(history, ack, &sizes) {
             findings.violation(format!(
@@ -128,6 +135,14 @@ mod tests {
         let found = findings(check, &h);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("\"b\""), "{found:?}");
+    }
+
+    #[test]
+    fn an_acknowledged_record_overwritten_by_another_is_lost() {
+        let h = history(vec![ack(0, 0, "a"), ack(0, 1, "b")], vec![(0, vec!["a", "c"])]);
+        let found = findings(check, &h);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("\"b\"") && found[0].contains("read \"c\" there"), "{found:?}");
     }
 
     #[test]

@@ -6,17 +6,27 @@
 //! and restarted, the log drained, replica digests compared, and the same checker the
 //! simulation uses judges the history. Exit status: 0 pass, 1 violations, 2 the harness broke.
 //!
+//! With `--power-loss` every node's data directory sits on a lazy filesystem
+//! (`crates/lazyfs`) that keeps unsynced writes in memory, and the faults are power cuts: of
+//! the whole cluster or of a minority, each under load, each a SIGKILL followed by dropping
+//! every write the node had not fsynced; the run ends after `--cuts` whole-cluster cuts. With
+//! `--unsafe-no-sync` as well the nodes run with their engine's fsync off
+//! (`FLOTILLA_TEST_UNSAFE_NO_SYNC=1`), and the run passes only if the checker finds lost
+//! writes: the proof that the harness bites.
+//!
 //! Layout: `netns.rs` (namespaces, bridge, cut links), `supervisor.rs` (the node processes,
 //! signalled only by their own PIDs), `nemesis.rs` (the fault rotation), `workload.rs` (the
 //! simulation's workload set up for real sockets), `timeline.rs` (who was faulty when;
 //! availability), `recorder.rs` (the JSONL history), `probe.rs` (direct questions to one
-//! node), `report.rs` (the summary).
+//! node), `report.rs` (the summary), `disks.rs` (the lazy disks of a power-loss run).
 //!
 //! ```text
 //! cargo build --release --workspace --all-targets
 //! sudo $CARGO_TARGET_DIR/release/flotilla-chaos --minutes 10 [--seed S]
+//! sudo $CARGO_TARGET_DIR/release/flotilla-chaos --power-loss --cuts 20 [--unsafe-no-sync]
 //! ```
 
+mod disks;
 mod nemesis;
 mod netns;
 mod probe;
@@ -40,7 +50,8 @@ use flotilla_simulation::shared::Shared;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::nemesis::{Nemesis, STOP_TIMEOUT, snapshot_of};
+use crate::disks::Disks;
+use crate::nemesis::{Nemesis, PowerLoss, STOP_TIMEOUT, snapshot_of};
 use crate::netns::Network;
 use crate::probe::Layout;
 use crate::recorder::Recorder;
@@ -57,6 +68,10 @@ const READY_DEADLINE: Duration = Duration::from_secs(120);
 const WORKLOAD_END_DEADLINE: Duration = Duration::from_secs(15 * 60);
 /// Quiet time at the start, so the first fault meets a cluster that has leaders.
 const WARM_UP: Duration = Duration::from_secs(5);
+/// The environment variable that turns a node's fsync off (read by the `flotilla` binary).
+const UNSAFE_NO_SYNC_ENV: &str = "FLOTILLA_TEST_UNSAFE_NO_SYNC";
+/// The cap on a power-loss run's faults when neither --minutes nor --seconds is given.
+const POWER_LOSS_TIME_MAX: Duration = Duration::from_secs(60 * 60);
 
 /// How to network the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,9 +88,9 @@ enum NetChoice {
 #[derive(Debug, Parser)]
 #[command(name = "flotilla-chaos", about)]
 struct Flags {
-    /// Minutes of rotating faults.
-    #[arg(long, default_value_t = 10.0)]
-    minutes: f64,
+    /// Minutes of rotating faults [default: 10; with --power-loss, a cap of 60].
+    #[arg(long)]
+    minutes: Option<f64>,
     /// Seconds of rotating faults (overrides --minutes).
     #[arg(long)]
     seconds: Option<u64>,
@@ -118,13 +133,27 @@ struct Flags {
     /// Replication factor of the workload's topic.
     #[arg(long, default_value_t = 3)]
     replication_factor: u32,
+    /// Power cuts instead of the usual faults, on lazy disks that drop unsynced writes
+    /// (needs root and /dev/fuse).
+    #[arg(long)]
+    power_loss: bool,
+    /// With --power-loss: whole-cluster power cuts after which the run ends (a minority cut
+    /// comes between about every two).
+    #[arg(long, default_value_t = 20, requires = "power_loss")]
+    cuts: usize,
+    /// With --power-loss: run the nodes with fsync DISABLED; the run passes only if the
+    /// checker finds lost writes (proof that the harness catches them).
+    #[arg(long, requires = "power_loss")]
+    unsafe_no_sync: bool,
 }
 
 impl Flags {
     fn fault_time(&self) -> Duration {
-        match self.seconds {
-            Some(seconds) => Duration::from_secs(seconds),
-            None => Duration::from_secs_f64(self.minutes.max(0.0) * 60.0),
+        match (self.seconds, self.minutes) {
+            (Some(seconds), _) => Duration::from_secs(seconds),
+            (None, Some(minutes)) => Duration::from_secs_f64(minutes.max(0.0) * 60.0),
+            (None, None) if self.power_loss => POWER_LOSS_TIME_MAX,
+            (None, None) => Duration::from_secs(10 * 60),
         }
     }
 }
@@ -190,13 +219,30 @@ async fn main_async(flags: Flags) -> anyhow::Result<bool> {
         },
     });
     let epoch = Instant::now();
-    let supervisor = Arc::new(Supervisor::new(&flotilla, Arc::clone(&network), &run_dir, flags.nodes, epoch)?);
+    if flags.power_loss {
+        disks::clear_stale_mounts(&run_dir, flags.nodes)?;
+    }
+    let mut supervisor = Supervisor::new(&flotilla, Arc::clone(&network), &run_dir, flags.nodes, epoch)?;
+    if flags.unsafe_no_sync {
+        supervisor.set_node_env(UNSAFE_NO_SYNC_ENV, "1");
+    }
+    let supervisor = Arc::new(supervisor);
+    let disks = match flags.power_loss {
+        true => Some(Arc::new(Disks::mount(&supervisor)?)),
+        false => None,
+    };
     let outcome = tokio::select! {
-        outcome = run(&flags, seed, &run_dir, epoch, Arc::clone(&network), Arc::clone(&supervisor)) => outcome,
+        outcome = run(&flags, seed, &run_dir, epoch, Arc::clone(&network), Arc::clone(&supervisor), disks.clone()) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     supervisor.kill_all();
     let teardown = network.teardown();
+    // Only once every node is down: an unmount under a running node would fail its I/O.
+    let unmounted = match disks.map(Arc::try_unwrap) {
+        Some(Ok(disks)) => disks.unmount(),
+        Some(Err(_)) => Err(anyhow::anyhow!("the lazy disks are still in use at the end of the run")),
+        None => Ok(()),
+    };
     let summary = match outcome {
         Ok(summary) => summary,
         Err(error) => {
@@ -208,17 +254,25 @@ async fn main_async(flags: Flags) -> anyhow::Result<bool> {
         }
     };
     teardown?;
+    unmounted?;
     print!("{}", summary.render());
     if !summary.passed() {
+        let power = match (flags.power_loss, flags.unsafe_no_sync) {
+            (false, _) => String::new(),
+            (true, false) => format!(" --power-loss --cuts {}", flags.cuts),
+            (true, true) => format!(" --power-loss --cuts {} --unsafe-no-sync", flags.cuts),
+        };
         println!(
             "replay the fault schedule (timing will differ): flotilla-chaos --seed {seed} --seconds {} \
-             --episode-min-secs {} --episode-max-secs {} --producers {} --partitions {} --replication-factor {}",
+             --episode-min-secs {} --episode-max-secs {} --producers {} --partitions {} --replication-factor {} \
+             --nodes {}{power}",
             flags.fault_time().as_secs(),
             flags.episode_min_secs,
             flags.episode_max_secs,
             flags.producers,
             flags.partitions,
-            flags.replication_factor
+            flags.replication_factor,
+            flags.nodes
         );
     }
     Ok(summary.passed())
@@ -232,10 +286,11 @@ async fn run(
     epoch: Instant,
     network: Arc<Network>,
     supervisor: Arc<Supervisor>,
+    disks: Option<Arc<Disks>>,
 ) -> anyhow::Result<Summary> {
     let recorder = Arc::new(Recorder::new(run_dir, epoch));
     let shared = workload::shared(epoch);
-    let result = run_recorded(flags, seed, run_dir, &network, &supervisor, &recorder, &shared).await;
+    let result = run_recorded(flags, seed, run_dir, &network, &supervisor, &recorder, &shared, disks).await;
     // The record is worth most when the run broke: write it whatever happened.
     let written = recorder.write(&shared.trace.lock().lines);
     let summary = result?;
@@ -243,6 +298,7 @@ async fn run(
     Ok(summary)
 }
 
+#[allow(clippy::too_many_arguments, reason = "the run's parts, each built once in main_async")]
 async fn run_recorded(
     flags: &Flags,
     seed: u64,
@@ -251,6 +307,7 @@ async fn run_recorded(
     supervisor: &Arc<Supervisor>,
     recorder: &Arc<Recorder>,
     shared: &Arc<Shared>,
+    disks: Option<Arc<Disks>>,
 ) -> anyhow::Result<Summary> {
     let fault_time = flags.fault_time();
     say(
@@ -291,29 +348,43 @@ async fn run_recorded(
         format!("cluster ready; topic {TOPIC:?} with {} partitions; workload running", layout.partitions.len()),
     );
 
+    let mut settling = nemesis::NemesisReport::default();
+    if flags.power_loss {
+        // With fsync off nothing the nodes wrote is durable until RocksDB syncs on its own,
+        // which a restart makes it do (recovery flushes the replayed WAL into synced files).
+        // One restart here keeps the topic and the nodes' registrations, so the cuts of a
+        // sync-disabled run lose acknowledged tails of a cluster that lives on, not the whole
+        // cluster; with fsync on it is one more restart.
+        say(recorder, "restarting every node once before the first power cut (SIGTERM, wait, start)".into());
+        restart_every_node(supervisor, network, recorder, &mut settling, "the settling SIGTERM").await?;
+        wait_ready(supervisor, network).await.context("restarting the cluster before the first power cut")?;
+    }
     tokio::time::sleep(WARM_UP).await;
     let window_start = recorder.now();
     let episodes = (Duration::from_secs(flags.episode_min_secs), Duration::from_secs(flags.episode_max_secs));
-    let nemesis =
-        Nemesis::new(Arc::clone(supervisor), Arc::clone(network), Arc::clone(recorder), layout.clone(), seed, episodes);
+    if flags.unsafe_no_sync {
+        say(
+            recorder,
+            format!("!! the nodes run with {UNSAFE_NO_SYNC_ENV}=1: fsync is OFF; this run must find lost writes"),
+        );
+    }
+    let power = disks.map(|disks| PowerLoss::new(disks, Arc::clone(shared), flags.cuts));
+    let nemesis = Nemesis::new(
+        Arc::clone(supervisor),
+        Arc::clone(network),
+        Arc::clone(recorder),
+        layout.clone(),
+        seed,
+        episodes,
+        power,
+    );
     let mut nemesis = nemesis.run(Instant::now() + fault_time).await?;
+    nemesis.unexpected_exits.append(&mut settling.unexpected_exits);
+    nemesis.hung_on_stop.append(&mut settling.hung_on_stop);
     let window_end = recorder.now();
 
     say(recorder, "faults over and healed; restarting every node (SIGTERM, wait, start)".into());
-    for &id in &nodes {
-        match supervisor.terminate(id, STOP_TIMEOUT).await {
-            Ok(status) if !status.success() => {
-                nemesis.unexpected_exits.push((id, format!("{status} after the final SIGTERM")));
-            }
-            Ok(_) => {}
-            Err(_) => nemesis.hung_on_stop.push(id),
-        }
-        recorder.fault_state(snapshot_of(supervisor, network), &nodes);
-    }
-    for &id in &nodes {
-        supervisor.start(id)?;
-    }
-    recorder.fault_state(snapshot_of(supervisor, network), &nodes);
+    restart_every_node(supervisor, network, recorder, &mut nemesis, "the final SIGTERM").await?;
     let healed = recorder.now();
     if let Err(error) = wait_ready(supervisor, network).await {
         say(recorder, format!("the restarted cluster is not ready: {error:#}"));
@@ -362,6 +433,8 @@ async fn run_recorded(
     Ok(Summary {
         seed,
         nodes: flags.nodes,
+        power_cuts_wanted: flags.power_loss.then_some(flags.cuts),
+        expect_lost_writes: flags.unsafe_no_sync,
         fault_time: window_end.saturating_sub(window_start),
         network: network.describe(),
         partitions_enabled: network.can_partition(),
@@ -407,6 +480,31 @@ fn history_json(history: &History) -> serde_json::Value {
         "final_listings": history.final_listings,
         "liveness_failures": history.liveness_failures,
     })
+}
+
+/// Stops every node gracefully, one after another, then starts them all; exits other than a
+/// clean one go into `report`, named with `what` stopped them.
+async fn restart_every_node(
+    supervisor: &Supervisor,
+    network: &Network,
+    recorder: &Recorder,
+    report: &mut nemesis::NemesisReport,
+    what: &str,
+) -> anyhow::Result<()> {
+    let nodes = supervisor.node_ids();
+    for &id in &nodes {
+        match supervisor.terminate(id, STOP_TIMEOUT).await {
+            Ok(status) if !status.success() => report.unexpected_exits.push((id, format!("{status} after {what}"))),
+            Ok(_) => {}
+            Err(_) => report.hung_on_stop.push(id),
+        }
+        recorder.fault_state(snapshot_of(supervisor, network), &nodes);
+    }
+    for &id in &nodes {
+        supervisor.start(id)?;
+    }
+    recorder.fault_state(snapshot_of(supervisor, network), &nodes);
+    Ok(())
 }
 
 /// Waits until every node serves, sees every node live, and all name the same metadata leader.

@@ -7,6 +7,11 @@
 //! cut links with blackhole routes inside the nodes' namespaces. Leader-directed faults ask
 //! the nodes who leads a partition (or the metadata group) and aim there.
 //!
+//! In a power-loss run (`--power-loss`) the rotation is power cuts only: of every node, or of
+//! a minority that includes a leader. A cut waits until the workload is being acknowledged,
+//! SIGKILLs its nodes, drops their disks' unsynced writes ([`Disks`]) and restarts them; the
+//! run ends after the asked number of whole-cluster cuts.
+//!
 //! After every change the fault state goes to the [`Recorder`]'s timeline, from which the
 //! report judges availability.
 
@@ -16,12 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use flotilla_simulation::shared::Shared;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom as _, SliceRandom as _};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::disks::Disks;
 use crate::netns::{Network, Peer};
 use crate::probe::{self, Layout};
 use crate::recorder::Recorder;
@@ -47,6 +54,14 @@ const EXIT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// follows another, so about a fifth of the episodes are quiet; without that rule a short run
 /// could be all quiet (seed 42 of a one-minute run was).
 const QUIET_WEIGHT: u32 = 26;
+/// A power cut waits for this many new acknowledgements, so it lands under load...
+const LOAD_ACKS: usize = 20;
+/// ...for at most this long after the previous restart (a cluster that does not serve by then
+/// is cut anyway, and the cut counted as not under load).
+const LOAD_DEADLINE: Duration = Duration::from_secs(120);
+/// Then it strikes at a random moment within this, so it does not always hit the same phase
+/// of a produce round.
+const CUT_JITTER_MAX: Duration = Duration::from_millis(1500);
 
 /// The faults the nemesis injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,6 +90,10 @@ pub enum FaultKind {
     OneWay,
     /// Cut a leader off from the workload only; its peers still reach it.
     ClientLeader,
+    /// Power cut of every node: SIGKILL, drop unsynced writes, restart after 0–5 s.
+    PowerCutAll,
+    /// Power cut of a minority including a leader, restarted after 0–10 s.
+    PowerCutMinority,
 }
 
 impl FaultKind {
@@ -94,6 +113,9 @@ impl FaultKind {
         (FaultKind::ClientLeader, 5),
     ];
 
+    /// The rotation of a power-loss run: two whole-cluster cuts for each minority cut.
+    const POWER: [(FaultKind, u32); 2] = [(FaultKind::PowerCutAll, 2), (FaultKind::PowerCutMinority, 1)];
+
     /// The kind's name in reports and in the history.
     pub fn name(self) -> &'static str {
         match self {
@@ -109,6 +131,8 @@ impl FaultKind {
             FaultKind::Ring => "ring",
             FaultKind::OneWay => "one-way",
             FaultKind::ClientLeader => "client-leader",
+            FaultKind::PowerCutAll => "power-cut-all",
+            FaultKind::PowerCutMinority => "power-cut-minority",
         }
     }
 
@@ -143,6 +167,12 @@ pub struct NemesisReport {
     pub unexpected_exits: Vec<(u64, String)>,
     /// Nodes that did not exit within [`STOP_TIMEOUT`] of SIGTERM.
     pub hung_on_stop: Vec<u64>,
+    /// Power cuts that struck while the workload was being acknowledged.
+    pub cuts_under_load: usize,
+    /// Acknowledgements between the previous power cut (or the start) and each cut.
+    pub acks_before_cuts: Vec<usize>,
+    /// Bytes of unsynced file data the power cuts dropped.
+    pub unsynced_bytes_dropped: u64,
 }
 
 impl NemesisReport {
@@ -163,12 +193,47 @@ pub struct Nemesis {
     kinds: Vec<(FaultKind, u32)>,
     /// Shortest and longest episode.
     episodes: (Duration, Duration),
+    /// Set in a power-loss run.
+    power: Option<PowerLoss>,
     report: NemesisReport,
+}
+
+/// What a power-loss run's nemesis needs: the disks to cut, the workload's history to tell
+/// load by, and how many whole-cluster cuts end the run.
+pub struct PowerLoss {
+    /// The nodes' lazy disks.
+    pub disks: Arc<Disks>,
+    /// The workload's state; its acknowledgements tell whether the cluster is under load.
+    pub shared: Arc<Shared>,
+    /// Whole-cluster cuts after which the run ends.
+    pub whole_cuts: usize,
+    /// Acknowledgements counted at the previous cut.
+    acks_at_last_cut: usize,
+}
+
+impl std::fmt::Debug for PowerLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PowerLoss")
+            .field("disks", &self.disks)
+            .field("whole_cuts", &self.whole_cuts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PowerLoss {
+    /// Power cuts on `disks` until `whole_cuts` of them cut every node.
+    pub fn new(disks: Arc<Disks>, shared: Arc<Shared>, whole_cuts: usize) -> PowerLoss {
+        PowerLoss { disks, shared, whole_cuts, acks_at_last_cut: 0 }
+    }
+
+    fn acks(&self) -> usize {
+        self.shared.history.lock().acks.len()
+    }
 }
 
 impl Nemesis {
     /// A nemesis seeded with `seed` whose episodes last `episodes.0..=episodes.1`; without
-    /// network namespaces it skips network faults.
+    /// network namespaces it skips network faults. With `power` it makes power cuts only.
     pub fn new(
         supervisor: Arc<Supervisor>,
         network: Arc<Network>,
@@ -176,9 +241,13 @@ impl Nemesis {
         layout: Layout,
         seed: u64,
         episodes: (Duration, Duration),
+        power: Option<PowerLoss>,
     ) -> Nemesis {
         let partitions = network.can_partition();
-        let kinds = FaultKind::WEIGHTED.into_iter().filter(|(kind, _)| partitions || !kind.needs_network()).collect();
+        let kinds = match power {
+            Some(_) => FaultKind::POWER.to_vec(),
+            None => FaultKind::WEIGHTED.into_iter().filter(|(kind, _)| partitions || !kind.needs_network()).collect(),
+        };
         Nemesis {
             supervisor,
             network,
@@ -187,11 +256,13 @@ impl Nemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
             kinds,
             episodes: (episodes.0, episodes.1.max(episodes.0)),
+            power,
             report: NemesisReport::default(),
         }
     }
 
-    /// Runs episodes until `until`, then heals everything. Errors are the harness's own (an
+    /// Runs episodes until `until` (in a power-loss run: until the whole-cluster cuts are
+    /// done, or `until`), then heals everything. Errors are the harness's own (an
     /// `ip` command failing, a node that cannot be started); the cluster's misbehaviour goes
     /// into the report instead.
     pub async fn run(mut self, until: Instant) -> anyhow::Result<NemesisReport> {
@@ -200,6 +271,11 @@ impl Nemesis {
         loop {
             // A node that crashed on its own during a quiet spell is started again here.
             self.heal_all().await.context("healing before a fault")?;
+            if let Some(power) = &self.power
+                && self.report.faults.get(&FaultKind::PowerCutAll).copied().unwrap_or(0) >= power.whole_cuts
+            {
+                break;
+            }
             let left = until.saturating_duration_since(Instant::now());
             let (shortest, longest) = self.episodes;
             if left < shortest {
@@ -207,7 +283,8 @@ impl Nemesis {
                 break;
             }
             let length = self.rng.random_range(shortest..=longest.min(left));
-            let quiet_weight = if last_quiet { 0 } else { QUIET_WEIGHT };
+            // A power-loss run has no quiet spells: the restarts after each cut are calm enough.
+            let quiet_weight = if last_quiet || self.power.is_some() { 0 } else { QUIET_WEIGHT };
             let total_weight: u32 = self.kinds.iter().map(|(_, weight)| weight).sum::<u32>() + quiet_weight;
             let mut pick = self.rng.random_range(0..total_weight);
             let mut chosen = None;
@@ -364,6 +441,57 @@ impl Nemesis {
                 self.observe();
                 self.wait(length).await;
             }
+            FaultKind::PowerCutAll | FaultKind::PowerCutMinority => {
+                let victims = if kind == FaultKind::PowerCutAll {
+                    nodes.clone()
+                } else {
+                    // A leader and random others, a minority in all.
+                    let (leader, _) = self.target(true).await;
+                    let mut others: Vec<u64> = nodes.iter().copied().filter(|id| *id != leader).collect();
+                    others.shuffle(&mut self.rng);
+                    let mut victims = vec![leader];
+                    victims.extend(others.into_iter().take((nodes.len() - 1) / 2 - 1));
+                    sorted(&victims)
+                };
+                let delay_max =
+                    if kind == FaultKind::PowerCutAll { KILL_ALL_RESTART_DELAY_MAX } else { RESTART_DELAY_MAX };
+                let delay = self.rng.random_range(Duration::ZERO..=delay_max);
+                let (under_load, acks) = self.await_load().await;
+                self.fault(
+                    kind,
+                    &victims,
+                    format!(
+                        "power cut of {victims:?} ({}, {acks} acks since the previous cut): SIGKILL, drop unsynced \
+                         writes, restart after {}",
+                        if under_load { "under load" } else { "NOT under load: no acks within the deadline" },
+                        secs(delay)
+                    ),
+                );
+                for &id in &victims {
+                    if self.supervisor.health(id) != Health::Down {
+                        self.supervisor.kill(id)?;
+                    }
+                }
+                self.observe();
+                let disks = Arc::clone(&self.power.as_ref().expect("power faults only run with power").disks);
+                let mut dropped = Vec::new();
+                for &id in &victims {
+                    let cut = disks.cut(&self.supervisor, id)?;
+                    self.report.unsynced_bytes_dropped += cut.bytes;
+                    // Files the kernel had not yet released for the dead process: their
+                    // late writes are refused by the filesystem.
+                    let open = match cut.open_handles {
+                        0 => String::new(),
+                        n => format!(" ({n} handles not yet released)"),
+                    };
+                    dropped.push(format!("n{id} {} B in {} files{open}", cut.bytes, cut.files));
+                }
+                self.note(format!("dropped unsynced writes: {}", dropped.join(", ")));
+                self.wait(delay).await;
+                for &id in &victims {
+                    self.start(id)?;
+                }
+            }
             FaultKind::ClientLeader => {
                 let (victim, why) = self.target(true).await;
                 self.fault(kind, &[victim], format!("cut the workload off from n{victim}{why} for {}", secs(length)));
@@ -373,6 +501,31 @@ impl Nemesis {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the workload is being acknowledged (or [`LOAD_DEADLINE`] passed), then a
+    /// random moment more. Returns whether it was, and the acknowledgements since the last cut.
+    async fn await_load(&mut self) -> (bool, usize) {
+        let power = self.power.as_ref().expect("power faults only run with power");
+        let before = power.acks();
+        let deadline = Instant::now() + LOAD_DEADLINE;
+        let mut under_load = false;
+        while Instant::now() < deadline {
+            if self.power.as_ref().expect("checked above").acks() >= before + LOAD_ACKS {
+                under_load = true;
+                break;
+            }
+            self.wait(Duration::from_millis(100)).await;
+        }
+        let jitter = self.rng.random_range(Duration::ZERO..=CUT_JITTER_MAX);
+        self.wait(jitter).await;
+        let power = self.power.as_mut().expect("checked above");
+        let now = power.acks();
+        let since = now - power.acks_at_last_cut;
+        power.acks_at_last_cut = now;
+        self.report.cuts_under_load += usize::from(under_load);
+        self.report.acks_before_cuts.push(since);
+        (under_load, since)
     }
 
     /// A node to fault: a leader (of a random partition, or of the metadata group a third of

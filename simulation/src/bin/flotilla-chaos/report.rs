@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use flotilla_simulation::checker::Report;
 
-use crate::nemesis::NemesisReport;
+use crate::nemesis::{FaultKind, NemesisReport};
 use crate::timeline::Unavailability;
 
 /// The checker's names for the four headline anomalies, with the words the summary uses.
 const HEADLINE: [(&str, &str); 4] =
     [("lost", "lost write"), ("duplicated", "duplicate"), ("reordered", "producer order"), ("phantom", "phantom read")];
+/// The checker's name for a lost acknowledged write.
+const LOST_WRITE: &str = "lost write";
 /// The checker's name for replica divergence.
 const DIVERGENCE: &str = "replica divergence";
 
@@ -24,6 +26,10 @@ pub struct Summary {
     pub seed: u64,
     /// Nodes in the cluster.
     pub nodes: u64,
+    /// In a power-loss run, the whole-cluster cuts asked for.
+    pub power_cuts_wanted: Option<usize>,
+    /// The nodes ran without fsync: the run passes only if writes were lost.
+    pub expect_lost_writes: bool,
     /// Wall time the faults ran.
     pub fault_time: Duration,
     /// How the nodes were networked.
@@ -55,12 +61,27 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Whether the run found nothing wrong.
+    /// Whether the run found nothing wrong; with sync disabled, whether it found lost writes.
     pub fn passed(&self) -> bool {
+        if !self.power_cuts_done() {
+            return false;
+        }
+        if self.expect_lost_writes {
+            return self.report.count(LOST_WRITE) > 0;
+        }
         self.report.ok()
             && self.nemesis.unexpected_exits.is_empty()
             && self.nemesis.hung_on_stop.is_empty()
             && self.panics.is_empty()
+    }
+
+    /// Whether a power-loss run made every whole-cluster cut it was asked for.
+    fn power_cuts_done(&self) -> bool {
+        self.power_cuts_wanted.is_none_or(|wanted| self.power_cuts(FaultKind::PowerCutAll) >= wanted)
+    }
+
+    fn power_cuts(&self, kind: FaultKind) -> usize {
+        self.nemesis.faults.get(&kind).copied().unwrap_or(0)
     }
 
     /// The summary block.
@@ -88,6 +109,32 @@ impl Summary {
             kinds.join(", "),
             self.nemesis.quiet
         );
+        if let Some(wanted) = self.power_cuts_wanted {
+            let whole = self.power_cuts(FaultKind::PowerCutAll);
+            let minority = self.power_cuts(FaultKind::PowerCutMinority);
+            let mut acks = self.nemesis.acks_before_cuts.clone();
+            acks.sort_unstable();
+            let _ = writeln!(
+                out,
+                "power cuts: {whole} of the whole cluster (asked for {wanted}), {minority} of a minority; {} of {} \
+                 under load; acks between cuts min {} median {}; {} unsynced bytes dropped",
+                self.nemesis.cuts_under_load,
+                whole + minority,
+                acks.first().copied().unwrap_or(0),
+                acks.get(acks.len() / 2).copied().unwrap_or(0),
+                self.nemesis.unsynced_bytes_dropped
+            );
+            if whole < wanted {
+                let _ = writeln!(out, "FAILED: only {whole} whole-cluster cuts of {wanted} within the time cap");
+            }
+        }
+        if self.expect_lost_writes {
+            let _ = writeln!(
+                out,
+                "fsync was DISABLED on every node: this run passes only if the checker finds lost writes; it found {}",
+                self.report.count(LOST_WRITE)
+            );
+        }
         let _ = writeln!(
             out,
             "acknowledged records: {} ({} produce attempts left records unacknowledged)",
@@ -170,7 +217,13 @@ impl Summary {
         for file in &self.files {
             let _ = writeln!(out, "history: {}", file.display());
         }
-        let _ = writeln!(out, "VERDICT: {}", if self.passed() { "PASS" } else { "FAIL" });
+        let verdict = match (self.passed(), self.expect_lost_writes) {
+            (true, false) => "PASS",
+            (true, true) => "PASS (the harness caught the lost writes)",
+            (false, false) => "FAIL",
+            (false, true) => "FAIL (fsync was off, yet no lost write was found: the harness does not bite)",
+        };
+        let _ = writeln!(out, "VERDICT: {verdict}");
         out
     }
 }

@@ -63,6 +63,9 @@ pub struct Supervisor {
     initial_cluster: String,
     /// The run's start, for the banners written into node logs.
     epoch: Instant,
+    /// Environment set on every node on top of the supervisor's own (whose `FLOTILLA_*`
+    /// variables are removed).
+    node_env: Vec<(String, String)>,
 }
 
 impl Supervisor {
@@ -99,7 +102,24 @@ impl Supervisor {
             .map(|node| format!("{}={}", node.id, network.peer_address(node.id)))
             .collect::<Vec<_>>()
             .join(",");
-        Ok(Supervisor { flotilla: flotilla.to_path_buf(), network, nodes, initial_cluster, epoch })
+        Ok(Supervisor {
+            flotilla: flotilla.to_path_buf(),
+            network,
+            nodes,
+            initial_cluster,
+            epoch,
+            node_env: Vec::new(),
+        })
+    }
+
+    /// Sets `name=value` in the environment of every node started from now on.
+    pub fn set_node_env(&mut self, name: &str, value: &str) {
+        self.node_env.push((name.to_string(), value.to_string()));
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.node(id).data_dir
     }
 
     /// Node ids, `1..=n`.
@@ -152,6 +172,9 @@ impl Supervisor {
             if name.to_string_lossy().starts_with("FLOTILLA_") {
                 command.env_remove(name);
             }
+        }
+        for (name, value) in &self.node_env {
+            command.env(name, value);
         }
         let child = command.spawn().with_context(|| format!("starting node {id} ({})", self.flotilla.display()))?;
         state.child = Some(child);
