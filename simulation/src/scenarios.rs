@@ -51,9 +51,9 @@ pub enum Scenario {
     /// and votes; the others carry on with every acknowledged record; repaired and restarted,
     /// it rejoins on what it had synced.
     FsyncFails,
-    /// Review suspicion A: a partition leader A is cut from follower C, and follower B crashes
-    /// and restarts at once (a restarted node loads its vote without a lease, so it may vote
-    /// for C at once). C, elected with B's vote, commits new records while A may still serve
+    /// Review suspicion A: a partition leader A is cut from follower C; once C campaigns,
+    /// follower B crashes and restarts at once (a restarted node loads its vote without a
+    /// lease, so it may vote for C at once). C, elected with B's vote, commits new records while A may still serve
     /// lease reads with its older high watermark. Judged by the cross-client read-after-
     /// acknowledge invariant.
     StaleLeaseRead,
@@ -212,8 +212,11 @@ pub async fn script(scenario: Scenario, faults: &mut Faults) {
                 let others = faults.others(old_leader);
                 let (restarted, cut_off) = (others[0], others[1]);
                 faults.cut_pair(old_leader, cut_off);
-                faults.crash_and_restart(&[restarted], secs(0.2)).await;
-                faults.hold_for(secs(4.0)).await;
+                // Past C's election timeout first: C campaigns, but B, still hearing A,
+                // refuses it while A's lease holds. Then B restarts, without a lease.
+                tokio::time::sleep(secs(1.6)).await;
+                faults.crash_and_restart(&[restarted], secs(0.05)).await;
+                faults.hold_for(secs(3.0)).await;
             }
             tokio::time::sleep(secs(3.0)).await;
         }

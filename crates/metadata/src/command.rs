@@ -66,9 +66,11 @@ pub enum MetaCommand {
 impl MetaCommand {
     /// Whether a retry of this command after an ambiguous failure would change the outcome,
     /// so it is proposed [`MetaCommand::Deduplicated`]: creating, deleting, moving, configuring,
-    /// joining, leaving, releasing and resetting. Registrations, leader reports, allocations
-    /// (a lost id is harmless) and offset commits (fenced, and the same commit twice is the
-    /// same commit) are safe to apply twice and too frequent to remember.
+    /// joining, leaving and resetting. Registrations, leader reports, allocations (a lost id
+    /// is harmless), releases (a second one finds nothing left to release and answers the
+    /// member's state) and offset commits (fenced, and the same commit twice is the same
+    /// commit) are safe to apply twice and too frequent to remember: a release goes with
+    /// heartbeats during a rebalance, and would push joins out of the request log.
     pub fn needs_deduplication(&self) -> bool {
         match self {
             MetaCommand::CreateTopic { .. }
@@ -77,12 +79,12 @@ impl MetaCommand {
             | MetaCommand::AlterTopicConfig { .. }
             | MetaCommand::JoinGroup { .. }
             | MetaCommand::LeaveGroup { .. }
-            | MetaCommand::ReleasePartitions { .. }
             | MetaCommand::ResetOffsets { .. }
             | MetaCommand::DeleteGroup { .. } => true,
             MetaCommand::RegisterNode { .. }
             | MetaCommand::ReportLeaders { .. }
             | MetaCommand::AllocateProducerId
+            | MetaCommand::ReleasePartitions { .. }
             | MetaCommand::CommitOffsets { .. }
             | MetaCommand::Deduplicated { .. } => false,
         }

@@ -123,6 +123,11 @@ async fn main() -> std::process::ExitCode {
             // A storage fault has its own status, so a supervisor can tell a failed disk from a
             // crash or a refusal to start.
             match err.downcast_ref::<flotilla_server::NodeError>() {
+                // Exit now: returning would drop the runtime, which waits for its blocking
+                // threads, and one may be stuck on the failed disk forever.
+                Some(node_error @ flotilla_server::NodeError::StorageFailed(_)) => {
+                    std::process::exit(i32::from(node_error.exit_status()))
+                }
                 Some(node_error) => std::process::ExitCode::from(node_error.exit_status()),
                 None => std::process::ExitCode::FAILURE,
             }

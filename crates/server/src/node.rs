@@ -55,6 +55,12 @@ const CLIENT_STREAMS_MAX: u32 = 4096;
 const CLIENT_CONNECTIONS_MAX: usize = 1024;
 /// Peer connections open at once: a few per peer (one per lane) in any real cluster.
 const PEER_CONNECTIONS_MAX: usize = 256;
+/// How often a server pings an idle connection, and how long it waits for the answer before
+/// closing it: a connection whose other end vanished must not keep its slot forever.
+const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node stopping on a storage fault waits for its Raft groups to stop.
+const FAIL_STOP_GRACE: Duration = Duration::from_secs(2);
 /// How often deleted ranges (purged logs, removed replicas) are compacted so their disk space
 /// comes back. Retention frees space this long after a trim at most (plus the compaction).
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(10);
@@ -299,6 +305,10 @@ pub async fn run(
     let peer_incoming = limit_connections(peer_incoming, PEER_CONNECTIONS_MAX);
     let peer_server = tokio::spawn(
         Server::builder()
+            // Pings find connections whose peer vanished (a cut link, a killed process), so
+            // they close and give their connection slot back.
+            .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
             .add_service(peer_service)
             .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone())),
     );
@@ -412,7 +422,9 @@ pub async fn run(
     let request_bytes_max = config.limits.request_bytes_max();
     let response_bytes_max = request_bytes_max.max(config.limits.fetch_bytes_max as usize + (1 << 20));
     tracing::info!(node_id, client = %config.client_address, peer = %config.peer_address, "node serving");
-    let served = Server::builder()
+    let serving = Server::builder()
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
         // Clients pipeline many requests on one connection (the bench keeps 256 to 4096 in
         // flight); hyper's default stream limit would queue them.
         .max_concurrent_streams(Some(CLIENT_STREAMS_MAX))
@@ -441,8 +453,28 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             limit_connections(client_incoming, CLIENT_CONNECTIONS_MAX),
             stopped(stop_rx.clone()),
-        )
-        .await;
+        );
+    let mut failure = storage_failure.clone();
+    let served = tokio::select! {
+        served = serving => served,
+        // A storage fault: no graceful drain (a long-poll fetch could hold it for a minute),
+        // and the groups stop at once, so the ones this node leads stop heartbeating and
+        // their followers elect new leaders. Bounded: a group stuck on the disk cannot hold
+        // the stop up; the process exits right after (`main.rs`).
+        _ = failure.wait_for(Option::is_some) => {
+            for task in tasks {
+                task.abort();
+            }
+            reclaiming.abort();
+            let _ = tokio::time::timeout(FAIL_STOP_GRACE, async {
+                partitions.shutdown().await;
+                let _ = meta_raft.shutdown().await;
+            })
+            .await;
+            let err = storage_failure.borrow().clone().expect("a failure was published");
+            return Err(NodeError::StorageFailed(err));
+        }
+    };
 
     tracing::info!(node_id, "node stopping");
     for task in tasks {
@@ -450,11 +482,6 @@ pub async fn run(
     }
     reclaiming.abort();
     let _ = peer_server.await;
-    if let Some(err) = storage_failure.borrow().clone() {
-        // No graceful stop: nothing more can be made durable, and a shutdown that waits on
-        // the disk could hang. The process ends here; the groups go with it.
-        return Err(NodeError::StorageFailed(err));
-    }
     partitions.shutdown().await;
     let _ = meta_raft.shutdown().await;
     // Whatever was written but not yet synced (state-machine progress) is made durable so

@@ -75,7 +75,8 @@ pub enum ErrorCode {
     OutOfOrderSequence = 501,
     /// The partition does not remember the producer id and cannot tell whether it forgot it
     /// (it evicted producers to stay within its bound): it can no longer deduplicate this
-    /// producer's batches. Not appended; start a new producer session.
+    /// producer's batches. This attempt was not appended, but an earlier attempt of the same
+    /// batch may have been (before the eviction); start a new producer session.
     UnknownProducerId = 502,
 
     /// No consumer group has that name.

@@ -264,7 +264,6 @@ pub fn definitely_not_appended(err: &ClientError) -> bool {
                     | ErrorCode::ReplicaNotHere
                     | ErrorCode::ProducerFenced
                     | ErrorCode::OutOfOrderSequence
-                    | ErrorCode::UnknownProducerId
             )
         )
 }

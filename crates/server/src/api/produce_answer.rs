@@ -7,6 +7,24 @@ use flotilla_types::{ErrorCode, PartitionId};
 
 use crate::api_error::ApiError;
 
+/// Largest per-partition result carried in a trailer, in bytes (about 300 partitions' worth).
+const PRODUCE_RESULT_TRAILER_MAX: usize = 6 * 1024;
+/// Longest error message, in bytes: it travels in a header too.
+const MESSAGE_MAX: usize = 4 * 1024;
+
+/// `message` cut to [`MESSAGE_MAX`] bytes at a character boundary.
+fn truncate(mut message: String) -> String {
+    if message.len() > MESSAGE_MAX {
+        let mut end = MESSAGE_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 /// What became of one partition's share of a request.
 pub(super) struct PartitionOutcome {
     pub partition: PartitionId,
@@ -82,11 +100,17 @@ pub(super) fn answer(topic: &str, count: usize, outcomes: Vec<PartitionOutcome>)
             ),
         )
     };
-    // Acks only of the records that were appended: the others have none.
-    let acks =
-        outcomes.iter().filter(|o| o.result.is_ok()).flat_map(|o| o.indexes.iter().map(|index| acks[*index])).collect();
-    let mut err = ApiError::new(code, message);
-    err.produce_result = Some(Box::new(ProduceResponse { acks, partitions }));
+    // The trailer holds the per-partition results only (a partition's records took
+    // consecutive offsets from its base, in request order), and only while it stays well
+    // within the 16 KiB of headers gRPC clients accept: a bigger one would make the client
+    // drop the whole answer and see a retriable transport error instead.
+    let mut err = ApiError::new(code, truncate(message));
+    let result = ProduceResponse { acks: Vec::new(), partitions };
+    if prost::Message::encoded_len(&result) <= PRODUCE_RESULT_TRAILER_MAX {
+        err.produce_result = Some(Box::new(result));
+    } else {
+        err.message.push_str(" (too many partitions to list each one's outcome in the trailer)");
+    }
     Err(err)
 }
 
@@ -128,8 +152,7 @@ mod tests {
         let result = err.produce_result.expect("per-partition results");
         assert_eq!(result.partitions[0].base_offset, Some(10));
         assert_eq!(result.partitions[1].error.as_ref().map(|e| e.code), Some(ErrorCode::NotLeader.as_u32()));
-        let acks: Vec<(u32, u64)> = result.acks.iter().map(|a| (a.partition, a.offset)).collect();
-        assert_eq!(acks, vec![(0, 10), (0, 11)], "acks only for the appended records");
+        assert!(result.acks.is_empty(), "offsets follow from each partition's base: no per-record acks");
     }
 
     #[test]
@@ -147,5 +170,18 @@ mod tests {
         // One partition: its error as it was.
         let err = answer("t", 1, vec![failed(3, vec![0], ErrorCode::Timeout)]).expect_err("refused");
         assert_eq!((err.code, err.produce_result.is_none()), (ErrorCode::Timeout, true));
+    }
+
+    #[test]
+    fn the_answer_stays_within_what_a_grpc_client_accepts_in_headers() {
+        // Review: a trailer with one ack per record outgrew the 16 KiB of headers a tonic
+        // client takes, and the client saw a retriable transport error instead.
+        let mut outcomes: Vec<PartitionOutcome> =
+            (0..2000).map(|p| appended(p, vec![p as usize], u64::from(p) * 1_000_000)).collect();
+        outcomes.push(failed(2000, vec![2000], ErrorCode::Timeout));
+        let err = answer("t", 2001, outcomes).expect_err("incomplete");
+        assert_eq!(err.code, ErrorCode::ProduceIncomplete);
+        assert!(err.message.len() <= MESSAGE_MAX + 100, "{} bytes of message", err.message.len());
+        assert!(err.produce_result.is_none(), "too big for the trailer");
     }
 }
